@@ -1,0 +1,107 @@
+"""Language model: transformers' PhiForCausalLM with TinyGPT-V's changes and LoRA adapters.
+
+Changes from stock Phi: QK LayerNorm (PhiConfig.qk_layernorm) and an RMSNorm on the output of every
+attention block. The norm is added by a forward hook rather than a subclass, so Phi's parameter names
+(and real phi-2 checkpoints) stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from transformers import PhiForCausalLM
+
+from .presets import ModelPreset
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA as in TinyGPT-V's configs (r 64, alpha 16, dropout 0.05) on Phi's attention projections."""
+
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    # phi-msft's fused `query_key_value` is q_proj/k_proj/v_proj in transformers' Phi.
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "dense")
+
+
+DEFAULT_LORA = LoraSettings()
+
+
+def build_language_model(preset: ModelPreset, vocab_size: int, pad_token_id: int | None) -> PhiForCausalLM:
+    """Randomly initialised Phi (torch's global RNG) with QK LayerNorm, from the preset's config."""
+    return PhiForCausalLM(preset.lm_config(vocab_size, pad_token_id))
+
+
+def _normalise_attention_output(norm: nn.Module, module: nn.Module, args, output):
+    # PhiAttention returns (attn_output, attn_weights); only the output is normalised. Running inside
+    # the layer's forward means gradient checkpointing re-runs it during recomputation.
+    attn_output, *rest = output
+    return (norm(attn_output), *rest)
+
+
+def add_post_attention_norms(lm: PhiForCausalLM) -> None:
+    """Attach `layer.post_attention_norm` (RMSNorm, weight 1) to every decoder layer and hook it in.
+
+    Idempotent: a layer that already has the norm is left alone, so a model is never normalised twice.
+    """
+    config = lm.config
+    reference = lm.model.embed_tokens.weight
+    for layer in lm.model.layers:
+        if hasattr(layer, "post_attention_norm"):
+            continue
+        norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+        norm.to(device=reference.device, dtype=reference.dtype)
+        layer.post_attention_norm = norm
+        layer.self_attn.register_forward_hook(partial(_normalise_attention_output, norm))
+
+
+def inject_lora(lm: PhiForCausalLM, settings: LoraSettings) -> None:
+    """Add LoRA adapters in place. B starts at zero, so the adapted model computes exactly what it did;
+    the adapters exist in every stage (same architecture, same checkpoints) and train only when the
+    `lora` group is made trainable."""
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        bias="none",
+    )
+    inject_adapter_in_model(config, lm)
+    # peft freezes the base weights as a side effect; trainability is set_trainable's job alone.
+    for param in lm.parameters():
+        param.requires_grad_(True)
+
+
+def prepare_language_model(lm: PhiForCausalLM, lora: LoraSettings | None) -> PhiForCausalLM:
+    """Apply TinyGPT-V's architecture changes to a Phi that already has qk_layernorm=True."""
+    if not lm.config.qk_layernorm:
+        raise ValueError("the language model must be built with qk_layernorm=True (TinyGPT-V's QK norm)")
+    add_post_attention_norms(lm)
+    if lora is not None:
+        inject_lora(lm, lora)
+    return lm
+
+
+def lora_target_names(lm: nn.Module, settings: LoraSettings) -> list[str]:
+    """Qualified names of the Linear modules LoRA would wrap (used to check the real presets' wiring)."""
+    return [
+        name
+        for name, module in lm.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in settings.target_modules
+    ]
+
+
+def embedding_rows(lm: PhiForCausalLM) -> int:
+    return int(lm.get_input_embeddings().weight.shape[0])
+
+
+@torch.no_grad()
+def resize_for_tokenizer(lm: PhiForCausalLM, vocab_size: int) -> None:
+    """Grow (never shrink) the embeddings and LM head to cover the tokenizer's ids."""
+    if vocab_size > embedding_rows(lm):
+        lm.resize_token_embeddings(vocab_size)

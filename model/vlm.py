@@ -1,0 +1,204 @@
+"""VisionLanguageModel: vision tower -> Q-Former -> projection -> Phi, as in TinyGPT-V.
+
+Images become `num_query_tokens` embeddings each, written into the LM's input embeddings wherever the
+text holds the `<image>` token (the data pipeline expands one placeholder into Q of them). Supports
+padded batches, packed rows (segment_ids) and cached generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .generation import generate_tokens
+from .language import DEFAULT_LORA, LoraSettings, build_language_model, embedding_rows, prepare_language_model
+from .packing import (
+    packed_attention_mask,
+    padded_positions,
+    padded_prompt_mask,
+    same_segment_targets,
+    segment_positions,
+)
+from .presets import ModelPreset, get_preset
+from .pretrained import PretrainedParts, load_pretrained_parts
+from .projection import ImageProjection
+from .qformer import QueryTransformer
+from .tokenizer import image_token_id as find_image_token_id
+from .vision import VisionTower, build_vision_tower
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VisionLanguageOutput:
+    loss: torch.Tensor | None  # mean CE over predicted labels (0 when there are none)
+    logits: torch.Tensor  # [B, T, V]
+    num_label_tokens: int  # how many labels the loss averaged over (for exact gradient accumulation)
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(
+        self,
+        preset: ModelPreset,
+        vocab_size: int,
+        image_token_id: int,
+        pad_token_id: int,
+        lora: LoraSettings | None = DEFAULT_LORA,
+        *,
+        pretrained_parts: PretrainedParts | None = None,
+    ):
+        """Build from the preset's configs (random init from torch's global RNG), or around
+        `pretrained_parts` (see from_preset(pretrained=True))."""
+        super().__init__()
+        self.preset = preset
+        self.image_token_id = int(image_token_id)
+        self.pad_token_id = int(pad_token_id)
+        self.lora_settings = lora
+        if pretrained_parts is None:
+            vision = build_vision_tower(preset)
+            qformer = QueryTransformer.from_preset(preset)
+            lm = build_language_model(preset, vocab_size, pad_token_id)
+        else:
+            vision = pretrained_parts.vision
+            qformer = QueryTransformer(pretrained_parts.qformer, pretrained_parts.query_tokens)
+            lm = pretrained_parts.language_model
+        if max(self.image_token_id, self.pad_token_id) >= embedding_rows(lm):
+            raise ValueError(f"token ids must be below the embedding size {embedding_rows(lm)}")
+        self.vision = VisionTower(vision)
+        self.qformer = qformer
+        self.projection = ImageProjection(preset.qformer_hidden, preset.projection_hidden, preset.lm_hidden)
+        self.language_model = prepare_language_model(lm, lora)
+        # Build as float32 throughout; callers cast (bf16 on GPU) after construction.
+        self.vocab_size = embedding_rows(self.language_model)
+
+    @classmethod
+    def from_preset(
+        cls,
+        name_or_preset: str | ModelPreset,
+        tokenizer,
+        lora: LoraSettings | None = DEFAULT_LORA,
+        pretrained: bool = False,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> VisionLanguageModel:
+        preset = get_preset(name_or_preset) if isinstance(name_or_preset, str) else name_or_preset
+        vocab_size = len(tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        parts = load_pretrained_parts(preset, vocab_size, dtype) if pretrained else None
+        model = cls(preset, vocab_size, find_image_token_id(tokenizer), pad, lora, pretrained_parts=parts)
+        if dtype is not None:
+            model.to(dtype)
+        return model
+
+    # ----------------------------------------------------------------------------------- images
+
+    @property
+    def image_tokens_per_image(self) -> int:
+        return self.qformer.num_queries
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] -> [N, Q, lm_hidden]."""
+        vision_states = self.vision(pixel_values)
+        return self.projection(self.qformer(vision_states))
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with every `<image>` position replaced by image embeddings, row-major."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.image_token_id
+        slots = int(is_image.sum())
+        images = 0 if pixel_values is None else pixel_values.shape[0]
+        needed = images * self.image_tokens_per_image
+        if slots != needed:
+            raise ValueError(
+                f"{slots} <image> token positions in input_ids but {images} images x "
+                f"{self.image_tokens_per_image} query tokens = {needed} image embeddings; expand each "
+                f"image placeholder into {self.image_tokens_per_image} tokens and pass one image per placeholder"
+            )
+        if images == 0:
+            return embeds
+        image_embeds = self.encode_images(pixel_values).to(embeds.dtype)
+        # masked_scatter fills positions in row-major order and keeps the graph for both sources.
+        return embeds.masked_scatter(is_image[..., None], image_embeds.reshape(-1, embeds.shape[-1]))
+
+    # ---------------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> VisionLanguageOutput:
+        """Logits for every position; with `labels` (aligned to input_ids, -100 = ignore), the mean
+        next-token cross-entropy. With `segment_ids` (packed rows: 0 = pad, k = k-th sample) each
+        sample attends only to itself, positions restart per sample and the attention_mask is ignored."""
+        embeds = self.embed_inputs(input_ids, pixel_values)
+        if segment_ids is not None:
+            segment_ids = segment_ids.to(embeds.device)
+            mask = packed_attention_mask(segment_ids, embeds.dtype)
+            positions = segment_positions(segment_ids)
+        elif attention_mask is not None and not bool(attention_mask.all()):
+            mask = padded_prompt_mask(attention_mask.to(embeds.device), embeds.dtype)
+            positions = padded_positions(attention_mask.to(embeds.device))
+        else:
+            mask, positions = None, None  # plain causal: lets SDPA take its is_causal fast path
+        out = self.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        )
+        logits = out.logits
+        if labels is None:
+            return VisionLanguageOutput(loss=None, logits=logits, num_label_tokens=0)
+
+        targets = labels[:, 1:].to(logits.device)
+        if segment_ids is not None:
+            targets = targets.masked_fill(~same_segment_targets(segment_ids), IGNORE_INDEX)
+        count = int((targets != IGNORE_INDEX).sum())
+        summed = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        # Zero (with a graph) rather than NaN for a batch without labels.
+        loss = summed / max(count, 1)
+        return VisionLanguageOutput(loss=loss, logits=logits, num_label_tokens=count)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        max_new_tokens: int,
+        eos_token_ids: list[int],
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> list[list[int]]:
+        """Decode left-padded prompts; returns the new tokens of each row, without the eos."""
+        return generate_tokens(
+            self, input_ids, attention_mask, pixel_values, max_new_tokens, eos_token_ids, temperature, top_p
+        )
+
+    # ---------------------------------------------------------------------------------- utility
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute LM layers and vision blocks in backward (non-reentrant: frozen inputs are fine)."""
+        kwargs = {"use_reentrant": False}
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        self.vision.vit.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+
+    def config_summary(self) -> dict:
+        from .trainable import parameter_counts
+
+        counts = parameter_counts(self)
+        return {
+            "preset": self.preset.name,
+            "image_size": self.preset.image_size,
+            "image_tokens_per_image": self.image_tokens_per_image,
+            "vocab_size": self.vocab_size,
+            "lora": None if self.lora_settings is None else asdict(self.lora_settings),
+            "parameters": {group: total for group, (total, _) in counts.items()},
+            "trainable_parameters": {group: trainable for group, (_, trainable) in counts.items()},
+            "total_parameters": sum(total for total, _ in counts.values()),
+        }

@@ -1,0 +1,133 @@
+"""Seeded, resumable sampling of a stage's weighted dataset mixture.
+
+'examples' semantics (the default) is stratified: each block of draws gives every dataset its
+share rounded by carried-over remainders, shuffled within the block, so realized shares track the
+spec to within a sample at every block boundary. 'batches' reproduces the original code: one
+dataset chosen per draw with probability = weight, contributing `batch_size` examples.
+Each dataset is walked in a fresh seeded permutation per epoch. Under data parallelism rank r
+keeps draws r, r+W, r+2W, ... of the one global stream, so ranks never share a sample.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+BLOCK = 256  # draws per stratified block: small enough to keep local shares exact
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One drawn example: which dataset, which example, and the draw's global number (seeds the
+    instruction choice, so a resumed stream renders exactly what the original would have)."""
+
+    draw: int
+    dataset: int
+    example: int
+
+
+class MixtureSampler:
+    def __init__(
+        self,
+        weights: list[float],
+        sizes: list[int],
+        *,
+        seed: int,
+        semantics: str = "examples",
+        batch_sizes: list[int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if len(weights) != len(sizes) or not weights:
+            raise ValueError("weights and sizes must be non-empty and of equal length")
+        if any(s <= 0 for s in sizes):
+            empty = [i for i, s in enumerate(sizes) if s <= 0]
+            raise ValueError(f"dataset(s) {empty} have no examples")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.sizes, self.seed, self.semantics = sizes, seed, semantics
+        self.batch_sizes = batch_sizes or [1] * len(sizes)
+        if semantics == "examples":
+            total = float(sum(weights))
+            self.shares = [w / total for w in weights]
+        elif semantics == "batches":
+            per_example = [w * b for w, b in zip(weights, self.batch_sizes, strict=True)]
+            self.shares = [p / sum(per_example) for p in per_example]
+            self._batch_probs = [w / sum(weights) for w in weights]
+        else:
+            raise ValueError(f"unknown mixture semantics {semantics!r}")
+        self.rank, self.world_size = rank, world_size
+        self._global = 0  # next global draw number
+        self._b, self._off = 0, 0  # position in the block stream
+        self._cursor = [0] * len(sizes)  # examples taken from each dataset so far (global)
+        self._perm_cache: dict[tuple[int, int], list[int]] = {}
+        self._block_cache: tuple[int, list[int]] | None = None
+
+    # -- the global, rank-independent stream of dataset choices ------------------------------
+    def _block(self, b: int) -> list[int]:
+        if self._block_cache and self._block_cache[0] == b:
+            return self._block_cache[1]
+        if self.semantics == "examples":
+            before = [round(s * b * BLOCK, 9) for s in self.shares]
+            after = [s * (b + 1) * BLOCK for s in self.shares]
+            # counts = floor(after) - floor(before), then fix the total by largest remainder
+            counts = [int(a) - int(bf) for a, bf in zip(after, before, strict=True)]
+            rest = BLOCK - sum(counts)
+            order = sorted(range(len(counts)), key=lambda i: -(after[i] - int(after[i])))
+            for i in order[: max(rest, 0)]:
+                counts[i] += 1
+            choices = [i for i, c in enumerate(counts) for _ in range(c)]
+            random.Random(f"{self.seed}:block:{b}").shuffle(choices)
+        else:
+            rng = random.Random(f"{self.seed}:batches:{b}")
+            choices = []
+            while len(choices) < BLOCK:
+                d = rng.choices(range(len(self.sizes)), weights=self._batch_probs)[0]
+                choices.extend([d] * self.batch_sizes[d])
+        self._block_cache = (b, choices)
+        return choices
+
+    def _example(self, dataset: int) -> int:
+        size = self.sizes[dataset]
+        epoch, pos = divmod(self._cursor[dataset], size)
+        key = (dataset, epoch)
+        perm = self._perm_cache.get(key)
+        if perm is None:
+            perm = list(range(size))
+            random.Random(f"{self.seed}:perm:{dataset}:{epoch}").shuffle(perm)
+            self._perm_cache = {k: v for k, v in self._perm_cache.items() if k[0] != dataset}
+            self._perm_cache[key] = perm
+        self._cursor[dataset] += 1
+        return perm[pos]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> SampleRef:
+        while True:
+            block = self._block(self._b)
+            dataset, draw = block[self._off], self._global
+            self._off += 1
+            if self._off == len(block):
+                self._b, self._off = self._b + 1, 0
+            self._global += 1
+            # every rank advances every cursor, so each rank's view of the stream stays identical
+            example = self._example(dataset)
+            if draw % self.world_size == self.rank:
+                return SampleRef(draw, dataset, example)
+
+    def take(self, n: int) -> list[SampleRef]:
+        return [next(self) for _ in range(n)]
+
+    # -- resume ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"global": self._global, "block": self._b, "offset": self._off, "cursor": list(self._cursor), "seed": self.seed,
+                "shares": list(self.shares), "sizes": list(self.sizes)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["sizes"] != list(self.sizes) or state["seed"] != self.seed:
+            raise ValueError("iterator state belongs to a different mixture (sizes or seed differ)")
+        self._global = int(state["global"])
+        self._b, self._off = int(state["block"]), int(state["offset"])
+        self._cursor = [int(c) for c in state["cursor"]]

@@ -1,0 +1,169 @@
+"""Token encoding of rendered samples and exact sequence packing.
+
+Three samples packed into one row of max_len 12 (I = image query token, P = pad):
+
+    tokens      I  I  a  b  |  c  d  e  |  I  I  f  g  |  P
+    segment     1  1  1  1  |  2  2  2  |  3  3  3  3  |  0
+    position    0  1  2  3  |  0  1  2  |  0  1  2  3  |  0
+    label       -  -  -  b  |  -  d  e  |  -  -  -  g  |  -      (loss on answer tokens only)
+
+    mask (query row attends to key column: x = yes), block-diagonal and causal:
+               I I a b c d e I I f g P
+        I      x
+        I      x x
+        a      x x x
+        b      x x x x
+        c              x
+        d              x x
+        e              x x x
+        I                    x
+        ...                  (segment 3 likewise)    pad row: nothing
+
+The model builds the mask and the restarting positions from `segment_ids` (model/vlm.py), so a
+packed sample's logits equal its logits alone. Without packing, each row holds one sample and the
+batch pads to its longest row: the original code's batching, kept as the baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tasks.templates import IMAGE_PLACEHOLDER, Segment
+
+IGNORE = -100
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    image: Any = None  # whatever the caller resolves to pixels (a key, a path, a tensor)
+    dataset: int = 0
+    ref: Any = None  # the SampleRef it came from (for resumable carry-over)
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_segments(
+    segments: list[Segment],
+    tokenizer,
+    *,
+    image_token_id: int,
+    num_query_tokens: int,
+    max_len: int,
+) -> tuple[list[int], list[int], bool]:
+    """Segments -> (input_ids, labels, truncated). `<ImageHere>` becomes num_query_tokens image ids.
+
+    Each segment is tokenised on its own, at training and at generation time alike, so the
+    prompt's tokens are the same in both.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for seg in segments:
+        pieces = seg.text.split(IMAGE_PLACEHOLDER)
+        for i, piece in enumerate(pieces):
+            if i > 0:
+                ids.extend([image_token_id] * num_query_tokens)
+                labels.extend([IGNORE] * num_query_tokens)
+            if piece:
+                toks = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids.extend(toks)
+                labels.extend(toks if seg.is_answer else [IGNORE] * len(toks))
+    truncated = len(ids) > max_len
+    if truncated:
+        ids, labels = ids[:max_len], labels[:max_len]
+        if ids.count(image_token_id) % max(num_query_tokens, 1):
+            raise ValueError("sample truncated inside its image tokens: raise max_len")
+    return ids, labels, truncated
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L]
+    labels: torch.Tensor  # [B, L]
+    segment_ids: torch.Tensor  # [B, L]: 0 pad, k = k-th sample of the row
+    attention_mask: torch.Tensor  # [B, L]: 1 real token, 0 pad
+    images: list[Any]  # in row-major order of their image tokens
+    datasets: list[int]  # dataset index of every sample in the batch
+    capacity: int = 0  # B x L
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.datasets)
+
+
+def collate(rows: list[list[EncodedSample]], pad_id: int, length: int) -> Batch:
+    """Rows of samples -> padded tensors of width `length` with per-sample segment ids."""
+    b = len(rows)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    labels = torch.full((b, length), IGNORE, dtype=torch.long)
+    segment_ids = torch.zeros((b, length), dtype=torch.long)
+    images: list[Any] = []
+    datasets: list[int] = []
+    for r, row in enumerate(rows):
+        pos = 0
+        for k, sample in enumerate(row, start=1):
+            n = len(sample)
+            if pos + n > length:
+                raise ValueError(f"row {r} overflows: {pos + n} tokens > {length}")
+            input_ids[r, pos : pos + n] = torch.tensor(sample.input_ids)
+            labels[r, pos : pos + n] = torch.tensor(sample.labels)
+            segment_ids[r, pos : pos + n] = k
+            pos += n
+            if sample.image is not None:
+                images.append(sample.image)
+            datasets.append(sample.dataset)
+    attention_mask = (segment_ids > 0).long()
+    return Batch(input_ids, labels, segment_ids, attention_mask, images, datasets, capacity=b * length)
+
+
+class Packer:
+    """Fills `rows` sequences of `max_len` per batch, first-fit, from a stream of samples.
+
+    A sample that fits no row waits in `carry` and goes first into the next batch, so nothing is
+    dropped and the mixture's shares survive packing. A batch closes when every row has less room
+    left than the shortest sample seen, or when `max_carry` samples wait.
+    """
+
+    def __init__(self, rows: int, max_len: int, pad_id: int, *, packing: bool = True, max_carry: int = 32):
+        self.rows, self.max_len, self.pad_id = rows, max_len, pad_id
+        self.packing, self.max_carry = packing, max_carry
+        self.carry: list[EncodedSample] = []
+        self._shortest = max_len
+
+    def next_batch(self, draw) -> Batch:
+        """`draw()` returns the next EncodedSample of the mixture stream."""
+        if not self.packing:
+            samples = [self.carry.pop(0) if self.carry else draw() for _ in range(self.rows)]
+            longest = max(len(s) for s in samples)
+            return collate([[s] for s in samples], self.pad_id, longest)
+        rows: list[list[EncodedSample]] = [[] for _ in range(self.rows)]
+        free = [self.max_len] * self.rows
+        waiting, self.carry = self.carry, []
+        while True:
+            sample = waiting.pop(0) if waiting else draw()
+            self._shortest = min(self._shortest, len(sample))
+            for r in range(self.rows):
+                if len(sample) <= free[r]:
+                    rows[r].append(sample)
+                    free[r] -= len(sample)
+                    break
+            else:
+                self.carry.append(sample)
+            if max(free) < self._shortest or len(self.carry) >= self.max_carry:
+                break
+        self.carry.extend(waiting)
+        return collate(rows, self.pad_id, self.max_len)
+
+    def carry_refs(self) -> list[Any]:
+        return [s.ref for s in self.carry]

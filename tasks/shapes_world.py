@@ -1,0 +1,363 @@
+"""Shapes world: the embedded default image source, small scenes of one to three coloured shapes.
+
+Every scene is generated from a seed, so captions, VQA answers, referring boxes and grounded
+captions are exact. The images are served on a loopback port (`ShapesWorldServer`) and downloaded
+by img2dataset exactly as a web source would be.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from tasks.boxes import Box, format_box, format_grounded_phrase, normalise_box
+from tasks.examples import TaskExample, Turn
+from tasks.ingest_server import LoopbackServer, Response
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 200, 0),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUND = (255, 255, 255)
+# The canvas is a 3x3 grid; each shape sits inside its own cell, so shapes never overlap and
+# every shape has exactly one position word.
+POSITIONS = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+POSITION_WORDS = tuple(p for row in POSITIONS for p in row)
+_PREPOSITION = {"left": "on the", "right": "on the", "center": "in the"}
+COUNT_WORDS = ("zero", "one", "two", "three")
+SIZES = ("small", "large")
+DATASET = "shapes_world"
+
+
+@dataclass(frozen=True)
+class PlacedShape:
+    shape: str
+    colour: str
+    box: tuple[int, int, int, int]  # pixels, x2/y2 exclusive
+    cell: tuple[int, int]  # (row, column) in the 3x3 grid
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.cell[0]][self.cell[1]]
+
+
+@dataclass(frozen=True)
+class Scene:
+    key: str
+    split: str
+    canvas_size: int
+    shapes: tuple[PlacedShape, ...]
+
+
+def _scene(key: str, split: str, rng: random.Random, canvas: int, max_shapes: int) -> Scene:
+    count = rng.randint(1, max_shapes)
+    cells = sorted(rng.sample([(r, c) for r in range(3) for c in range(3)], count))
+    # distinct (colour, shape) pairs: "the red circle" then always names one shape
+    pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
+    cell = canvas / 3
+    placed = []
+    for (row, col), (colour, shape) in zip(cells, pairs):
+        side = round(cell * rng.uniform(0.55, 0.9))
+        x0 = round(col * cell + rng.uniform(0, cell - side))
+        y0 = round(row * cell + rng.uniform(0, cell - side))
+        placed.append(PlacedShape(shape, colour, (x0, y0, x0 + side, y0 + side), (row, col)))
+    return Scene(key, split, canvas, tuple(placed))
+
+
+def generate_scenes(
+    num_train: int, num_heldout: int, seed: int, canvas_size: int = 64, max_shapes: int = 3
+) -> list[Scene]:
+    """Train scenes then held-out scenes; scene i of a split depends only on (seed, split, i)."""
+    if not 1 <= max_shapes <= 9:
+        raise ValueError(f"max_shapes must be 1-9, got {max_shapes}")
+    if canvas_size < 12:
+        raise ValueError(f"canvas_size must be at least 12 px, got {canvas_size}")
+    scenes = []
+    for split, n in (("train", num_train), ("heldout", num_heldout)):
+        for i in range(n):
+            # a string seed is hashed with SHA-512 by `random`: stable across runs and platforms
+            rng = random.Random(f"shapes-world:{seed}:{split}:{i}")
+            scenes.append(_scene(f"sw-{split}-{i:06d}", split, rng, canvas_size, max_shapes))
+    return scenes
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene as an RGB image; no anti-aliasing, so every shape pixel has its exact colour."""
+    image = Image.new("RGB", (scene.canvas_size, scene.canvas_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for s in scene.shapes:
+        x1, y1, x2, y2 = s.box
+        fill = COLOURS[s.colour]
+        if s.shape == "circle":
+            draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill)
+        elif s.shape == "square":
+            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)
+        else:
+            draw.polygon([((x1 + x2 - 1) / 2, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=fill)
+    return image
+
+
+def png_bytes(scene: Scene) -> bytes:
+    buf = io.BytesIO()
+    render(scene).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scene_annotations(scene: Scene) -> dict[str, Any]:
+    """JSON-able ground truth; boxes on the 0-100 scale of tasks.boxes."""
+    n = scene.canvas_size
+    sides = [s.box[2] - s.box[0] for s in scene.shapes]
+    threshold = n / 3 * 0.72  # between the smallest (0.55) and largest (0.9) side of a cell
+    return {
+        "canvas_size": n,
+        "shapes": [
+            {
+                "shape": s.shape,
+                "colour": s.colour,
+                "position": s.position,
+                "size": "large" if side >= threshold else "small",
+                "box": list(normalise_box(*s.box, n, n)),
+            }
+            for s, side in zip(scene.shapes, sides)
+        ],
+    }
+
+
+# ---- ground truth from annotations (content only; templates add the instructions) ----------
+
+
+def _name(item: dict) -> str:
+    return f"{item['colour']} {item['shape']}"
+
+
+def _where(position: str) -> str:
+    return f"{_PREPOSITION.get(position, 'at the')} {position}"
+
+
+def _join(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def caption(ann: dict) -> str:
+    """Every shape with colour, shape and position, in reading order."""
+    return _join([f"a {_name(s)} {_where(s['position'])}" for s in ann["shapes"]])
+
+
+def answer_choices(qtype: str) -> list[str]:
+    """The closed answer set of a question type (its size gives the chance level)."""
+    choices = {
+        "colour": list(COLOURS),
+        "shape": list(SHAPES),
+        "count": list(COUNT_WORDS[1:4]),
+        "position": list(POSITION_WORDS),
+        "yes/no": ["yes", "no"],
+    }
+    if qtype not in choices:
+        raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(choices)}")
+    return choices[qtype]
+
+
+QTYPES = ("colour", "shape", "count", "position", "yes/no")
+
+
+def vqa_items(ann: dict, rng: random.Random) -> list[dict[str, str]]:
+    """One question per type; the yes/no one is 'yes' or 'no' with equal probability."""
+    shapes = ann["shapes"]
+    target = rng.choice(shapes)
+    kinds = [s["shape"] for s in shapes]
+    colours = [s["colour"] for s in shapes]
+    items = []
+    if kinds.count(target["shape"]) == 1 and rng.random() < 0.5:
+        q = f"what colour is the {target['shape']}?"
+    else:
+        q = f"what colour is the shape {_where(target['position'])}?"
+    items.append({"question": q, "answer": target["colour"], "qtype": "colour"})
+    if colours.count(target["colour"]) == 1 and rng.random() < 0.5:
+        q = f"what shape is {target['colour']}?"
+    else:
+        q = f"what shape is {_where(target['position'])}?"
+    items.append({"question": q, "answer": target["shape"], "qtype": "shape"})
+    roll = rng.random()
+    if roll < 0.5:
+        q, n = "how many shapes are there?", len(shapes)
+    elif roll < 0.75:
+        q, n = f"how many {target['colour']} shapes are there?", colours.count(target["colour"])
+    else:
+        q, n = f"how many {target['shape']}s are there?", kinds.count(target["shape"])
+    items.append({"question": q, "answer": COUNT_WORDS[n], "qtype": "count"})
+    items.append({"question": f"where is the {_name(target)}?", "answer": target["position"], "qtype": "position"})
+    present = {(s["colour"], s["shape"]) for s in shapes}
+    if rng.random() < 0.5:
+        colour, shape = rng.choice(sorted(present))
+        answer = "yes"
+    else:
+        colour, shape = rng.choice(sorted({(c, s) for c in COLOURS for s in SHAPES} - present))
+        answer = "no"
+    items.append({"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"})
+    return items
+
+
+def _expression(item: dict, shapes: list[dict]) -> str:
+    """The shortest unambiguous name of `item` among `shapes`."""
+    if [s["shape"] for s in shapes].count(item["shape"]) == 1 and len(shapes) > 1:
+        return f"the {item['shape']}"
+    return f"the {_name(item)}"
+
+
+def referring_items(ann: dict) -> list[dict[str, Any]]:
+    """One expression per shape, unambiguous in its scene, with the shape's 0-100 box."""
+    shapes = ann["shapes"]
+    return [{"expression": _expression(s, shapes), "box": tuple(s["box"])} for s in shapes]
+
+
+def grounded_caption(ann: dict) -> str:
+    return _join([f"{format_grounded_phrase('a ' + _name(s), tuple(s['box']))} {_where(s['position'])}"
+                  for s in ann["shapes"]])
+
+
+def detection_text(ann: dict, shape: str | None = None) -> str:
+    """`<p>red circle</p> {<..>}` for every shape (of one kind when `shape` is given)."""
+    picked = [s for s in ann["shapes"] if shape is None or s["shape"] == shape]
+    return ", ".join(format_grounded_phrase(_name(s), tuple(s["box"])) for s in picked)
+
+
+def detailed_description(ann: dict) -> str:
+    shapes = ann["shapes"]
+    n = len(shapes)
+    lines = [f"The image shows {COUNT_WORDS[n]} shape{'s' if n > 1 else ''} on a plain white background."]
+    for s in shapes:
+        lines.append(f"{_where(s['position']).capitalize()} there is a {s['size']} {_name(s)}.")
+    for a, b in zip(shapes, shapes[1:]):
+        ca, cb = _cell(a["position"]), _cell(b["position"])
+        if ca[1] != cb[1]:
+            side = "left" if ca[1] < cb[1] else "right"
+            lines.append(f"The {_name(a)} is to the {side} of the {_name(b)}.")
+        else:
+            side = "above" if ca[0] < cb[0] else "below"
+            lines.append(f"The {_name(a)} is {side} the {_name(b)}.")
+    lines.append("There is nothing else in the image.")
+    return " ".join(lines)
+
+
+def _cell(position: str) -> tuple[int, int]:
+    i = POSITION_WORDS.index(position)
+    return divmod(i, 3)
+
+
+def conversation(ann: dict, rng: random.Random) -> list[tuple[str, str]]:
+    """Two or three turns of questions with full-sentence answers."""
+    shapes = ann["shapes"]
+    n = len(shapes)
+    target = rng.choice(shapes)
+    turns = [
+        ("What can you see in this image?", f"I can see {caption(ann)}."),
+        (f"Where is the {_name(target)}?", f"The {_name(target)} is {_where(target['position'])}."),
+        ("How many shapes are there?", f"There {'is' if n == 1 else 'are'} {COUNT_WORDS[n]} "
+                                       f"shape{'s' if n > 1 else ''}."),
+    ]
+    keep = rng.choice((2, 3))
+    return [turns[0]] + rng.sample(turns[1:], keep - 1)
+
+
+def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExample]:
+    """One ingested record (key, annotations) -> the examples of `task` it supports."""
+    ann = record["annotations"]
+    key = record["key"]
+
+    def ex(turns: list[Turn], **meta: Any) -> TaskExample:
+        return TaskExample(task, turns, image=key, dataset=DATASET, meta=meta)
+
+    if task in ("image_text", "caption"):
+        return [ex([Turn(None, caption(ann))])]
+    if task == "vqa":
+        return [ex([Turn(i["question"], i["answer"])], qtype=i["qtype"], choices=answer_choices(i["qtype"]),
+                   answers=[i["answer"]]) for i in vqa_items(ann, rng)]
+    if task == "refer":
+        return [ex([Turn(r["expression"], format_box(r["box"]))], box=r["box"]) for r in referring_items(ann)]
+    if task == "identify":
+        return [ex([Turn(format_box(r["box"]), r["expression"])], box=r["box"]) for r in referring_items(ann)]
+    if task == "grounding":
+        return [ex([Turn(None, grounded_caption(ann))], boxes=[tuple(s["box"]) for s in ann["shapes"]])]
+    if task == "detection":
+        kinds = sorted({s["shape"] for s in ann["shapes"]})
+        return [ex([Turn(k, detection_text(ann, k))],
+                   boxes=[tuple(s["box"]) for s in ann["shapes"] if s["shape"] == k]) for k in kinds]
+    if task == "detailed_description":
+        return [ex([Turn(None, detailed_description(ann))])]
+    if task == "conversation":
+        return [ex([Turn(q, a) for q, a in conversation(ann, rng)])]
+    return []  # text_instruction: no image task
+
+
+def text_corpus() -> list[str]:
+    """Every word and phrase the generator can emit (the tiny tokenizer is trained on it)."""
+    texts = list(COLOURS) + list(SHAPES) + list(POSITION_WORDS) + list(COUNT_WORDS) + list(SIZES)
+    texts += [f"{s}s" for s in SHAPES] + ["yes", "no", "above", "below"]
+    texts += [f"{{<{i}><{i}><{i}><{i}>}}" for i in range(101)]
+    for scene in generate_scenes(300, 0, seed=12345):
+        ann = scene_annotations(scene)
+        rng = random.Random(scene.key)
+        texts += [caption(ann), grounded_caption(ann), detection_text(ann), detailed_description(ann)]
+        texts += [f"{i['question']} {i['answer']}" for i in vqa_items(ann, rng)]
+        texts += [f"{r['expression']} {format_box(r['box'])}" for r in referring_items(ann)]
+        texts += [f"{q} {a}" for q, a in conversation(ann, rng)]
+    return list(dict.fromkeys(texts))
+
+
+# ---- URL list and loopback server --------------------------------------------------------------
+
+
+def image_path(key: str) -> str:
+    return f"/img/{key}.png"
+
+
+def write_url_list(scenes: Sequence[Scene], path: str | Path, base_url: str) -> Path:
+    """Parquet with columns url, caption, key, split, annotations (JSON text), one row per scene."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {"url": [], "caption": [], "key": [], "split": [], "annotations": []}
+    for scene in scenes:
+        ann = scene_annotations(scene)
+        rows["url"].append(base_url.rstrip("/") + image_path(scene.key))
+        rows["caption"].append(caption(ann))
+        rows["key"].append(scene.key)
+        rows["split"].append(scene.split)
+        rows["annotations"].append(json.dumps(ann, sort_keys=True))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+class ShapesWorldServer(LoopbackServer):
+    """Serves `/img/<key>.png` for the given scenes (404 otherwise) on a loopback port.
+
+    Use as a context manager; `base_url` is valid inside it. Images are rendered on first request.
+    """
+
+    def __init__(self, scenes: Sequence[Scene], host: str = "127.0.0.1", port: int = 0):
+        self._scenes = {image_path(s.key): s for s in scenes}
+        self._png = lru_cache(maxsize=None)(png_bytes)
+        super().__init__(self._route, host=host, port=port)
+
+    def _route(self, path: str) -> Response:
+        scene = self._scenes.get(path)
+        if scene is None:
+            return Response(404, b"not found", "text/plain")
+        return Response(200, self._png(scene), "image/png")

@@ -1,0 +1,172 @@
+"""MLflow tracking for every step: one parent run per pipeline run, nested runs per step.
+
+Uses `MlflowClient` with explicit run ids (never the fluent global "active run"), so Prefect
+tasks in threads or processes can log to the right run. The tracking URI comes from
+`MLFLOW_TRACKING_URI` or defaults to a SQLite store under the project's `.vlmpipe/` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+DEFAULT_HOME = Path(os.environ.get("VLMPIPE_HOME", Path.cwd() / ".vlmpipe"))
+
+
+def default_tracking_uri(home: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else `sqlite:///<home>/mlflow/mlflow.db`."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    folder = Path(home or DEFAULT_HOME).resolve() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (MLflow would otherwise use ./mlruns of the cwd)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+    return None
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> {"a.b.c": "value"} strings, the shape MLflow params need."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(flatten(item, f"{name}.{i}."))
+        else:
+            text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+            out[name] = text[:6000]  # MLflow's param value limit
+    return out
+
+
+class Tracker:
+    """Logs to one MLflow run. Cheap to construct from (tracking_uri, run_id) in any process."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    # small JSON-able handle, what flows pass between steps
+    def handle(self) -> dict[str, str]:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+
+    @classmethod
+    def from_handle(cls, handle: Mapping[str, str]) -> Tracker:
+        return cls(handle["tracking_uri"], handle["run_id"])
+
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
+        flat = flatten(params, prefix)
+        items = [Param(k[:250], v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """A list of row dicts as an MLflow table (shown in the UI's artifact view)."""
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        data = {c: [row.get(c) for row in rows] for c in columns}
+        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def artifact_uri(self, artifact_path: str = "") -> str:
+        base = self.client.get_run(self.run_id).info.artifact_uri
+        return f"{base}/{artifact_path}" if artifact_path else base
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+
+
+def start_run(
+    experiment: str,
+    run_name: str,
+    *,
+    tracking_uri: str | None = None,
+    parent: Tracker | Mapping[str, str] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Tracker:
+    """Create a run (nested under `parent` when given) and return its Tracker."""
+    uri = tracking_uri or (parent["tracking_uri"] if isinstance(parent, Mapping) else None)
+    uri = uri or (parent.tracking_uri if isinstance(parent, Tracker) else None) or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent is not None:
+        parent_id = parent.run_id if isinstance(parent, Tracker) else parent["run_id"]
+        all_tags["mlflow.parentRunId"] = parent_id
+        experiment_id = client.get_run(parent_id).info.experiment_id
+    else:
+        experiment_id = ensure_experiment(client, experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return Tracker(uri, run.info.run_id)
+
+
+@contextmanager
+def tracked_run(experiment: str, run_name: str, **kwargs: Any) -> Iterator[Tracker]:
+    """`start_run` as a context manager: FINISHED on success, FAILED (and re-raised) on error."""
+    tracker = start_run(experiment, run_name, **kwargs)
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+
+
+def log_json_artifact(tracker: Tracker, data: Any, name: str) -> None:
+    """Write `data` as pretty JSON and log it (log_dict writes compact JSON; people read these)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        tracker.log_artifact(path)

@@ -1,0 +1,224 @@
+"""Run one training stage: build the model, load the previous stage's checkpoint, freeze all but the
+stage's groups, train on the stage's packed mixture, and write the checkpoint.
+
+A stage writes `resume/` every `checkpoint_every` steps (weights + optimizer, scheduler, RNG and
+data-iterator state) and `checkpoint/` at the end, both atomically; a killed stage that is started
+again continues from `resume/`, and a finished one is not run twice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_specs.pipelines import ModelSpec
+from data_specs.stages import StageSpec
+from tasks.stage_data import StageData, build_pools
+from tasks.throughput import Throughput, flops_per_token
+from tasks.tracking import Tracker
+
+
+def lr_at(step: int, s) -> float:
+    """Linear warm-up from warmup_lr to lr, then cosine from lr to min_lr (LAVIS' schedule)."""
+    if step < s.warmup_steps:
+        return s.warmup_lr + (s.lr - s.warmup_lr) * step / max(1, s.warmup_steps)
+    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.min_lr + (s.lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def tiny_corpus() -> list[str]:
+    """Text the tiny preset's tokenizer is trained on: every string the shapes world and the
+    template registry can produce."""
+    from tasks import shapes_world
+    from tasks.templates import DEFAULT_INSTRUCTIONS, IMAGE_BLOCK
+
+    texts = list(shapes_world.text_corpus())
+    texts += [i for pool in DEFAULT_INSTRUCTIONS.values() for i in pool]
+    texts += ["###Human: ", " ###Assistant: ", "###", IMAGE_BLOCK, "[vqa] [caption] [refer] [identify] "
+              "[grounding] [detection]", " ".join(f"{{<{i}><{i}><{i}><{i}>}}" for i in range(101))]
+    return texts
+
+
+@dataclass
+class BuiltModel:
+    model: Any
+    tokenizer: Any
+    preset: Any
+    preprocess: Any
+
+
+def build_model(model_spec: ModelSpec, *, image_size: int | None = None, init_checkpoint: str | Path | None = None,
+                log: Callable[[str], None] = print) -> tuple[BuiltModel, list[str]]:
+    """The pipeline's model, with the previous checkpoint loaded. Returns the groups that differ
+    from the base model so far (what every later checkpoint must keep)."""
+    from model.checkpoint import load_checkpoint, load_tokenizer_from_checkpoint
+    from model.image_processing import ImagePreprocessor
+    from model.language import LoraSettings
+    from model.presets import get_preset
+    from model.tokenizer import load_tokenizer
+    from model.vlm import VisionLanguageModel
+
+    preset = get_preset(model_spec.preset)
+    if image_size and image_size != preset.image_size:
+        preset = preset.with_image_size(image_size)
+    if init_checkpoint is not None:
+        tokenizer = load_tokenizer_from_checkpoint(init_checkpoint)
+    else:
+        tokenizer = load_tokenizer(preset, corpus=tiny_corpus() if preset.tokenizer == "tiny-shapes" else None)
+    lora = model_spec.lora
+    torch.manual_seed(model_spec.seed)
+    model = VisionLanguageModel.from_preset(
+        preset, tokenizer, lora=LoraSettings(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                                             target_modules=tuple(lora.target_modules)),
+        pretrained=model_spec.pretrained)
+    groups: list[str] = []
+    if init_checkpoint is not None:
+        info = load_checkpoint(init_checkpoint, model)
+        groups = list(info.groups)
+        log(f"loaded {len(groups)} group(s) from {init_checkpoint}: {', '.join(groups)}")
+    return BuiltModel(model, tokenizer, preset, ImagePreprocessor.from_preset(preset)), groups
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+def train_stage(
+    stage: StageSpec,
+    model_spec: ModelSpec,
+    *,
+    data_dirs: dict[str, str],
+    output_dir: str | Path,
+    init_checkpoint: str | None = None,
+    tracker: Tracker | None = None,
+    log: Callable[[str], None] = print,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train one stage; returns a small JSON-able summary with the checkpoint path.
+
+    `max_steps` stops early (after saving a resumable state): used to test kill-and-resume.
+    """
+    from model.checkpoint import is_complete_checkpoint, load_checkpoint, save_checkpoint
+    from model.trainable import set_trainable
+
+    output_dir = Path(output_dir)
+    final_dir, resume_dir = output_dir / "checkpoint", output_dir / "resume"
+    if is_complete_checkpoint(final_dir):
+        log(f"stage {stage.name}: finished checkpoint found at {final_dir}; not training again")
+        return {"checkpoint": str(final_dir), "skipped": True}
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    random.seed(stage.seed)
+    torch.manual_seed(stage.seed)
+    built, prior_groups = build_model(model_spec, image_size=stage.image_size, init_checkpoint=init_checkpoint, log=log)
+    model = built.model
+    counts = set_trainable(model, stage.trainable, log=log)
+    keep_groups = list(dict.fromkeys(prior_groups + list(stage.trainable)))
+    if stage.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+
+    pools = build_pools(stage, data_dirs)
+    data = StageData(stage, pools, built.tokenizer, image_token_id=model.image_token_id,
+                     num_query_tokens=built.preset.num_query_tokens, preprocess=built.preprocess)
+    sched = stage.schedule
+    optimizer = torch.optim.AdamW(_param_groups(model, sched.weight_decay), lr=sched.lr, betas=sched.betas)
+    start_step, losses = 0, []
+    if is_complete_checkpoint(resume_dir):
+        info = load_checkpoint(resume_dir, model)
+        state = info.training_state or {}
+        optimizer.load_state_dict(state["optimizer"])
+        data.load_state_dict(state["data"])
+        _set_rng_state(state["rng"])
+        start_step, losses = int(state["step"]), list(state["losses"])
+        log(f"stage {stage.name}: resuming at step {start_step} from {resume_dir}")
+
+    if tracker is not None:
+        tracker.log_params({"trainable_params": sum(counts.values()), "trainable_groups": ",".join(stage.trainable),
+                            "init_checkpoint": init_checkpoint or "(base model)"})
+    autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=stage.precision == "bf16")
+    meter = Throughput(flops_per_token=flops_per_token(model))
+    model.train()
+    end_step = sched.steps if max_steps is None else min(sched.steps, max_steps)
+
+    def save(directory: Path, step: int) -> None:
+        training_state = {"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
+                          "data": data.state_dict(), "rng": _rng_state()}
+        save_checkpoint(directory, model, keep_groups, tokenizer=built.tokenizer, training_state=training_state,
+                        metadata={"stage": stage.name, "step": step, "preset": built.preset.name,
+                                  "image_size": built.preset.image_size})
+
+    for step in range(start_step, end_step):
+        lr = lr_at(step, sched)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        batch, pixels = data.next_batch()
+        t1 = time.perf_counter()
+        with autocast:
+            out = model(input_ids=batch.input_ids, pixel_values=pixels, segment_ids=batch.segment_ids,
+                        attention_mask=batch.attention_mask, labels=batch.labels)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if sched.grad_clip:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, sched.grad_clip))
+        optimizer.step()
+        t2 = time.perf_counter()
+        losses.append(float(loss))
+        meter.add(tokens=batch.real_tokens, samples=batch.num_samples, data_s=t1 - t0, compute_s=t2 - t1)
+        if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
+            figures = meter.report()
+            metrics = {"loss": float(loss), "lr": lr, "packing_efficiency": batch.real_tokens / batch.capacity,
+                       **figures}
+            if grad_norm is not None:
+                metrics["grad_norm"] = grad_norm
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=step + 1)
+            log(f"{stage.name} step {step + 1}/{sched.steps} loss {float(loss):.4f} lr {lr:.2e} "
+                f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}")
+        if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0 and step + 1 < sched.steps:
+            save(resume_dir, step + 1)
+
+    if end_step < sched.steps:
+        save(resume_dir, end_step)
+        return {"checkpoint": None, "resume": str(resume_dir), "steps": end_step, "stopped_early": True}
+
+    save(final_dir, sched.steps)
+    window = max(1, len(losses) // 10)
+    summary = {
+        "checkpoint": str(final_dir),
+        "steps": sched.steps,
+        "loss_start": sum(losses[:window]) / window,
+        "loss_end": sum(losses[-window:]) / window,
+        "truncated_samples": data.truncated,
+        "groups": keep_groups,
+    }
+    if tracker is not None:
+        tracker.log_metrics({"loss_start": summary["loss_start"], "loss_end": summary["loss_end"],
+                             "truncated_samples": data.truncated})
+    log(f"stage {stage.name}: loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}; checkpoint {final_dir}")
+    return summary
