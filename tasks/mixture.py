@@ -60,24 +60,27 @@ class MixtureSampler:
         self.rank, self.world_size = rank, world_size
         self._global = 0  # next global draw number
         self._b, self._off = 0, 0  # position in the block stream
+        self._alloc = [0] * len(sizes)  # per-dataset draws before block _b (blocks build on it)
+        self._alloc_next: list[int] = []
         self._cursor = [0] * len(sizes)  # examples taken from each dataset so far (global)
         self._perm_cache: dict[tuple[int, int], list[int]] = {}
         self._block_cache: tuple[int, list[int]] | None = None
 
     # -- the global, rank-independent stream of dataset choices ------------------------------
     def _block(self, b: int) -> list[int]:
+        """Dataset choices of block b (always the current block: blocks are built in order)."""
         if self._block_cache and self._block_cache[0] == b:
             return self._block_cache[1]
+        alloc = list(self._alloc)  # examples given to each dataset before block b
         if self.semantics == "examples":
-            before = [round(s * b * BLOCK, 9) for s in self.shares]
-            after = [s * (b + 1) * BLOCK for s in self.shares]
-            # counts = floor(after) - floor(before), then fix the total by largest remainder
-            counts = [int(a) - int(bf) for a, bf in zip(after, before, strict=True)]
-            rest = BLOCK - sum(counts)
-            order = sorted(range(len(counts)), key=lambda i: -(after[i] - int(after[i])))
-            for i in order[: max(rest, 0)]:
-                counts[i] += 1
-            choices = [i for i, c in enumerate(counts) for _ in range(c)]
+            # each draw goes to the dataset furthest behind its share, so every dataset's count
+            # stays within one of share x draws; the block is then shuffled
+            choices = []
+            for j in range(BLOCK):
+                n = b * BLOCK + j + 1
+                i = max(range(len(alloc)), key=lambda k: self.shares[k] * n - alloc[k])
+                alloc[i] += 1
+                choices.append(i)
             random.Random(f"{self.seed}:block:{b}").shuffle(choices)
         else:
             rng = random.Random(f"{self.seed}:batches:{b}")
@@ -86,6 +89,7 @@ class MixtureSampler:
                 d = rng.choices(range(len(self.sizes)), weights=self._batch_probs)[0]
                 choices.extend([d] * self.batch_sizes[d])
         self._block_cache = (b, choices)
+        self._alloc_next = alloc
         return choices
 
     def _example(self, dataset: int) -> int:
@@ -110,7 +114,7 @@ class MixtureSampler:
             dataset, draw = block[self._off], self._global
             self._off += 1
             if self._off == len(block):
-                self._b, self._off = self._b + 1, 0
+                self._b, self._off, self._alloc = self._b + 1, 0, self._alloc_next
             self._global += 1
             # every rank advances every cursor, so each rank's view of the stream stays identical
             example = self._example(dataset)
@@ -122,7 +126,8 @@ class MixtureSampler:
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"global": self._global, "block": self._b, "offset": self._off, "cursor": list(self._cursor), "seed": self.seed,
+        return {"global": self._global, "block": self._b, "offset": self._off,
+                "alloc": list(self._alloc), "cursor": list(self._cursor), "seed": self.seed,
                 "shares": list(self.shares), "sizes": list(self.sizes)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -130,4 +135,6 @@ class MixtureSampler:
             raise ValueError("iterator state belongs to a different mixture (sizes or seed differ)")
         self._global = int(state["global"])
         self._b, self._off = int(state["block"]), int(state["offset"])
+        self._alloc = [int(a) for a in state["alloc"]]
+        self._block_cache = None
         self._cursor = [int(c) for c in state["cursor"]]

@@ -58,7 +58,9 @@ def read_jsonl(path: Path, expected: str) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as e:
-                raise AdapterError(f"{path}: line {number} is not valid JSON ({e.msg}); expected {expected}") from e
+                raise AdapterError(
+                    f"{path}: line {number} is not valid JSON ({e.msg}); expected {expected}"
+                ) from e
 
 
 class _PlainDataUnpickler(pickle.Unpickler):

@@ -32,7 +32,9 @@ def load_aokvqa(annotations: Path, image_root: Path | None, *, dataset: str) -> 
         choices = [str(c) for c in field(record, "choices", annotations, where, list)]
         index = field(record, "correct_choice_idx", annotations, where, int)
         if not 0 <= index < len(choices):
-            raise AdapterError(f"{annotations}: {where} correct_choice_idx {index} outside its {len(choices)} choices")
+            raise AdapterError(
+                f"{annotations}: {where} correct_choice_idx {index} outside its {len(choices)} choices"
+            )
         direct = [str(a) for a in field(record, "direct_answers", annotations, where, list)]
         meta: dict[str, Any] = {
             "answers": direct,

@@ -21,8 +21,12 @@ from typing import Any
 from tasks.adapters._common import AdapterError, field, read_json, text_field
 from tasks.examples import TaskExample, Turn
 
-CAPTIONS_EXPECTED = 'COCO captions json: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}'
-ANSWERS_EXPECTED = 'VQA annotations json: {"annotations": [{"question_id", "image_id", "answers": [{"answer"}]}]}'
+CAPTIONS_EXPECTED = (
+    'COCO captions json: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}'
+)
+ANSWERS_EXPECTED = (
+    'VQA annotations json: {"annotations": [{"question_id", "image_id", "answers": [{"answer"}]}]}'
+)
 QUESTIONS_EXPECTED = 'VQA questions json: {"questions": [{"question_id", "image_id", "question"}]}'
 _SUBTYPE = re.compile(r"(train|val|test)(20\d\d)")
 
@@ -38,7 +42,9 @@ def load_coco_captions(annotations: Path, image_root: Path | None, *, dataset: s
         where = f"annotations[{i}]"
         image_id = field(ann, "image_id", annotations, where, (int, str))
         if image_id not in files:
-            raise AdapterError(f"{annotations}: {where} refers to image_id {image_id!r}, absent from 'images'")
+            raise AdapterError(
+                f"{annotations}: {where} refers to image_id {image_id!r}, absent from 'images'"
+            )
         yield TaskExample(
             task="caption",
             turns=[Turn(None, text_field(ann, "caption", annotations, where))],
@@ -65,7 +71,9 @@ def _subtype(data: dict, questions: dict, annotations: Path) -> str:
             return source["data_subtype"]
     match = _SUBTYPE.search(annotations.name)
     if match is None:
-        raise AdapterError(f"{annotations}: no 'data_subtype' and none in the file name; expected e.g. train2014")
+        raise AdapterError(
+            f"{annotations}: no 'data_subtype' and none in the file name; expected e.g. train2014"
+        )
     return match.group(0)
 
 
@@ -89,14 +97,20 @@ def load_coco_vqa(
         image_id = field(q, "image_id", questions_path, where, int)
         question = text_field(q, "question", questions_path, where)
         if qid not in by_question:
-            raise AdapterError(f"{annotations}: no annotation for question_id {qid!r} ({questions_path.name} {where})")
+            raise AdapterError(
+                f"{annotations}: no annotation for question_id {qid!r} ({questions_path.name} {where})"
+            )
         ann = by_question[qid]
         awhere = f"annotation of question_id {qid}"
         answers = [
             text_field(a, "answer", annotations, f"{awhere} answers[{j}]")
             for j, a in enumerate(field(ann, "answers", annotations, awhere, list))
         ]
-        answer = most_common_answer(answers) if answers else text_field(ann, "multiple_choice_answer", annotations, awhere)
+        answer = (
+            most_common_answer(answers)
+            if answers
+            else text_field(ann, "multiple_choice_answer", annotations, awhere)
+        )
         meta: dict[str, Any] = {"answers": answers or [answer], "question_id": qid}
         if ann.get("question_type"):
             meta["qtype"] = ann["question_type"]

@@ -50,18 +50,28 @@ def load_llava(
     """task="detailed_description" needs single-exchange records (detail_23k); keep_question=False drops
     LLaVA's question there so the template's own instruction pool asks instead."""
     if task not in ("conversation", "detailed_description"):
-        raise AdapterError(f"{annotations}: task {task!r} not produced from LLaVA; expected conversation or detailed_description")
+        raise AdapterError(
+            f"{annotations}: task {task!r} not produced from LLaVA; expected conversation or detailed_description"
+        )
     data = read_json(annotations, EXPECTED)
     if not isinstance(data, list):
         raise AdapterError(f"{annotations}: top level is {type(data).__name__}; expected {EXPECTED}")
     for i, record in enumerate(data):
         record_id = text_field(record, "id", annotations, f"record {i}")
         where = f"record {i} (id {record_id})"
-        turns = conversation_turns(field(record, "conversations", annotations, where, list), annotations, where)
+        turns = conversation_turns(
+            field(record, "conversations", annotations, where, list), annotations, where
+        )
         if task == "detailed_description":
             if len(turns) != 1:
-                raise AdapterError(f"{annotations}: {where} has {len(turns)} exchanges; a description has one")
+                raise AdapterError(
+                    f"{annotations}: {where} has {len(turns)} exchanges; a description has one"
+                )
             if not keep_question:
                 turns = [Turn(None, turns[0].answer)]
-        image = text_field(record, "image", annotations, where) if "image" in record else f"COCO_train2014_{record_id}.jpg"
+        image = (
+            text_field(record, "image", annotations, where)
+            if "image" in record
+            else f"COCO_train2014_{record_id}.jpg"
+        )
         yield TaskExample(task=task, turns=turns, image=image, dataset=dataset, meta={"id": record_id})

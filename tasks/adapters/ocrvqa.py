@@ -23,24 +23,26 @@ def load_ocrvqa(
     image_root: Path | None,
     *,
     dataset: str,
-    split: str | None = "train",
+    split: str = "train",
     image_extension: str | None = None,
 ) -> Iterator[TaskExample]:
-    if split is not None and split not in SPLITS:
-        raise AdapterError(f"{annotations}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if split != "all" and split not in SPLITS:
+        raise AdapterError(f"{annotations}: unknown split {split!r}; expected all or {', '.join(SPLITS)}")
     data = read_json(annotations, EXPECTED)
     if not isinstance(data, dict):
         raise AdapterError(f"{annotations}: top level is {type(data).__name__}; expected {EXPECTED}")
     for book_id, record in data.items():
         where = f"book {book_id}"
-        if split is not None and field(record, "split", annotations, where, int) != SPLITS[split]:
+        if split != "all" and field(record, "split", annotations, where, int) != SPLITS[split]:
             continue
         url = text_field(record, "imageURL", annotations, where)
         extension = image_extension or PurePosixPath(url.split("?", 1)[0]).suffix or ".jpg"
         questions = field(record, "questions", annotations, where, list)
         answers = field(record, "answers", annotations, where, list)
         if len(questions) != len(answers):
-            raise AdapterError(f"{annotations}: {where} has {len(questions)} questions but {len(answers)} answers")
+            raise AdapterError(
+                f"{annotations}: {where} has {len(questions)} questions but {len(answers)} answers"
+            )
         for j, (question, answer) in enumerate(zip(questions, answers, strict=True)):
             q = text_field({"question": question}, "question", annotations, f"{where} questions[{j}]")
             a = text_field({"answer": answer}, "answer", annotations, f"{where} answers[{j}]")
@@ -49,5 +51,10 @@ def load_ocrvqa(
                 turns=[Turn(q, a)],
                 image=f"{book_id}{extension}",
                 dataset=dataset,
-                meta={"answers": [a], "book_id": book_id, "title": record.get("title"), "genre": record.get("genre")},
+                meta={
+                    "answers": [a],
+                    "book_id": book_id,
+                    "title": record.get("title"),
+                    "genre": record.get("genre"),
+                },
             )

@@ -5,7 +5,7 @@ Format as published: a folder (refcoco/, refcoco+/, refcocog/) with `refs(<split
 of [{"ref_id", "ann_id", "image_id", "split", "sentences": [{"sent_id", "sent", "raw", ...}], ...}] (split_by
 unc for RefCOCO/RefCOCO+, umd or google for RefCOCOg), and `instances.json` (COCO layout: "images" with
 id/file_name/width/height, "annotations" with id and bbox [x, y, w, h] in pixels). Splits: train, val,
-test, testA, testB ("test" takes every test*). One example per expression, the "raw" text as MiniGPT-v2
+test, testA, testB ("test" takes every test*, "all" every split). One example per expression, the "raw" text as MiniGPT-v2
 uses it ("sent" when raw is missing). Images are COCO train2014 (image_root: that folder).
 """
 
@@ -29,12 +29,14 @@ from tasks.adapters._common import (
 from tasks.boxes import format_box
 from tasks.examples import TaskExample, Turn
 
-REFS_EXPECTED = 'refer-toolkit refs pickle: [{"ref_id", "ann_id", "image_id", "split", "sentences": [{"sent"}]}]'
+REFS_EXPECTED = (
+    'refer-toolkit refs pickle: [{"ref_id", "ann_id", "image_id", "split", "sentences": [{"sent"}]}]'
+)
 INSTANCES_EXPECTED = 'COCO instances.json: {"images": [{"id", "file_name", "width", "height"}], "annotations": [{"id", "bbox"}]}'
 
 
-def _split_matches(ref_split: str, wanted: str | None) -> bool:
-    if wanted is None:
+def _split_matches(ref_split: str, wanted: str) -> bool:
+    if wanted == "all":
         return True
     # the refer toolkit's convention: "test" covers testA/testB (and RefCOCOg's plain test)
     return ref_split == wanted or (wanted == "test" and ref_split.startswith("test"))
@@ -44,7 +46,9 @@ def _paths(annotations: Path, split_by: str) -> tuple[Path, Path]:
     if annotations.is_dir():
         refs = annotations / f"refs({split_by}).p"
         return need_file(refs, REFS_EXPECTED), need_file(annotations / "instances.json", INSTANCES_EXPECTED)
-    need_file(annotations, f"a refs(...).p file or the folder holding it with instances.json ({REFS_EXPECTED})")
+    need_file(
+        annotations, f"a refs(...).p file or the folder holding it with instances.json ({REFS_EXPECTED})"
+    )
     return annotations, need_file(annotations.with_name("instances.json"), INSTANCES_EXPECTED)
 
 
@@ -61,11 +65,13 @@ def load_refcoco(
     *,
     dataset: str,
     task: str = "refer",
-    split: str | None = "train",
+    split: str = "train",
     split_by: str = "unc",
 ) -> Iterator[TaskExample]:
     if task not in ("refer", "identify"):
-        raise AdapterError(f"{annotations}: task {task!r} not produced by RefCOCO; expected refer or identify")
+        raise AdapterError(
+            f"{annotations}: task {task!r} not produced by RefCOCO; expected refer or identify"
+        )
     refs_path, instances_path = _paths(annotations, split_by)
     refs = read_pickle(refs_path, REFS_EXPECTED)
     if not isinstance(refs, list):
@@ -89,17 +95,28 @@ def load_refcoco(
         ann_id = field(ref, "ann_id", refs_path, where, (int, str))
         image_id = field(ref, "image_id", refs_path, where, (int, str))
         if ann_id not in anns:
-            raise AdapterError(f"{refs_path}: {where} has ann_id {ann_id!r}, absent from {instances_path.name}")
+            raise AdapterError(
+                f"{refs_path}: {where} has ann_id {ann_id!r}, absent from {instances_path.name}"
+            )
         if image_id not in images:
-            raise AdapterError(f"{refs_path}: {where} has image_id {image_id!r}, absent from {instances_path.name}")
+            raise AdapterError(
+                f"{refs_path}: {where} has image_id {image_id!r}, absent from {instances_path.name}"
+            )
         image = images[image_id]
         file_name = text_field(image, "file_name", instances_path, f"image {image_id}")
         if "width" in image and "height" in image:
-            width, height = positive_size(image["width"], image["height"], instances_path, f"image {image_id}")
+            width, height = positive_size(
+                image["width"], image["height"], instances_path, f"image {image_id}"
+            )
         else:
             width, height = sizes.get(file_name, instances_path, f"image {image_id}")
-        box = xywh_box(field(anns[ann_id], "bbox", instances_path, f"annotation {ann_id}"), width, height,
-                       instances_path, f"annotation {ann_id}")
+        box = xywh_box(
+            field(anns[ann_id], "bbox", instances_path, f"annotation {ann_id}"),
+            width,
+            height,
+            instances_path,
+            f"annotation {ann_id}",
+        )
         for j, sentence in enumerate(field(ref, "sentences", refs_path, where, list)):
             expression = _sentence(sentence, refs_path, f"{where} sentences[{j}]")
             turn = Turn(expression, format_box(box)) if task == "refer" else Turn(format_box(box), expression)

@@ -22,7 +22,9 @@ def _records(annotations: Path) -> Iterator[tuple[str, Any]]:
     if annotations.suffix == ".json":
         data = read_json(annotations, EXPECTED)
         if not isinstance(data, list):
-            raise AdapterError(f"{annotations}: top level is {type(data).__name__}; expected a list of {EXPECTED}")
+            raise AdapterError(
+                f"{annotations}: top level is {type(data).__name__}; expected a list of {EXPECTED}"
+            )
         yield from ((f"record {i}", r) for i, r in enumerate(data))
     else:
         yield from ((f"line {n}", r) for n, r in read_jsonl(annotations, EXPECTED))

@@ -26,7 +26,9 @@ from tasks.adapters._common import (
 from tasks.boxes import format_box
 from tasks.examples import TaskExample, Turn
 
-REGIONS_EXPECTED = 'VG region_descriptions.json: [{"id", "regions": [{"image_id", "phrase", "x", "y", "width", "height"}]}]'
+REGIONS_EXPECTED = (
+    'VG region_descriptions.json: [{"id", "regions": [{"image_id", "phrase", "x", "y", "width", "height"}]}]'
+)
 IMAGES_EXPECTED = 'VG image_data.json: [{"image_id", "url", "width", "height"}]'
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
 
@@ -44,7 +46,9 @@ def _image_index(path: Path) -> dict[int, dict[str, Any]]:
 
 def _find_image(image_id: int, image_root: Path | None, path: Path) -> str:
     if image_root is None:
-        raise AdapterError(f"{path}: no image_data.json beside it; pass image_root to locate image {image_id}")
+        raise AdapterError(
+            f"{path}: no image_data.json beside it; pass image_root to locate image {image_id}"
+        )
     for folder in IMAGE_FOLDERS:
         if (image_root / folder / f"{image_id}.jpg").is_file():
             return f"{folder}/{image_id}.jpg"
@@ -61,13 +65,17 @@ def load_visual_genome(
     max_region_area: float | None = 16384,
 ) -> Iterator[TaskExample]:
     if task not in ("refer", "identify"):
-        raise AdapterError(f"{annotations}: task {task!r} not produced by Visual Genome; expected refer or identify")
+        raise AdapterError(
+            f"{annotations}: task {task!r} not produced by Visual Genome; expected refer or identify"
+        )
     images_path = Path(image_data) if image_data is not None else annotations.with_name("image_data.json")
     # image_data.json is optional only when not asked for by name: then sizes come from the images
     index = _image_index(images_path) if image_data is not None or images_path.is_file() else None
     regions_by_image = read_json(annotations, REGIONS_EXPECTED)
     if not isinstance(regions_by_image, list):
-        raise AdapterError(f"{annotations}: top level is {type(regions_by_image).__name__}; expected {REGIONS_EXPECTED}")
+        raise AdapterError(
+            f"{annotations}: top level is {type(regions_by_image).__name__}; expected {REGIONS_EXPECTED}"
+        )
     sizes = ImageSizes(image_root, dataset)
     located: dict[int, str] = {}  # image_id -> folder/file, looked up once per image
     for i, entry in enumerate(regions_by_image):
@@ -75,7 +83,10 @@ def load_visual_genome(
         for j, region in enumerate(regions):
             where = f"image entry {i} regions[{j}]"
             image_id = field(region, "image_id", annotations, where, int)
-            x, y = field(region, "x", annotations, where, (int, float)), field(region, "y", annotations, where, (int, float))
+            x, y = (
+                field(region, "x", annotations, where, (int, float)),
+                field(region, "y", annotations, where, (int, float)),
+            )
             w = field(region, "width", annotations, where, (int, float))
             h = field(region, "height", annotations, where, (int, float))
             if max_region_area is not None and w * h >= max_region_area:
@@ -85,11 +96,15 @@ def load_visual_genome(
                 continue
             if index is not None:
                 if image_id not in index:
-                    raise AdapterError(f"{annotations}: {where} has image_id {image_id}, absent from {images_path.name}")
+                    raise AdapterError(
+                        f"{annotations}: {where} has image_id {image_id}, absent from {images_path.name}"
+                    )
                 meta_image = index[image_id]
                 url = text_field(meta_image, "url", images_path, f"image {image_id}")
                 image = "/".join(url.rstrip("/").split("/")[-2:])
-                width, height = positive_size(meta_image.get("width"), meta_image.get("height"), images_path, f"image {image_id}")
+                width, height = positive_size(
+                    meta_image.get("width"), meta_image.get("height"), images_path, f"image {image_id}"
+                )
             else:
                 if image_id not in located:
                     located[image_id] = _find_image(image_id, image_root, annotations)

@@ -41,6 +41,12 @@ def encode(tokenizer):
     return encode_text
 
 
-def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=generator)
+
+
+@pytest.fixture
+def images():
+    """Seeded random pixel tensors [n, 3, size, size] (already "normalised")."""
+    return random_images

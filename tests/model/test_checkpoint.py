@@ -1,0 +1,121 @@
+"""Checkpoints: round trips of weights, tokenizer and training state; atomic replacement on failure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from model import (
+    group_of,
+    is_complete_checkpoint,
+    load_checkpoint,
+    load_tokenizer_from_checkpoint,
+    save_checkpoint,
+)
+
+GROUPS = ["projection", "lora", "qk_norm", "post_attention_norm"]
+
+
+def _saved_names(model, groups):
+    return {n for n, _ in model.named_parameters() if group_of(n) in groups}
+
+
+def test_round_trip_weights_tokenizer_and_training_state(tmp_path, make_model, tokenizer):
+    source, target = make_model(seed=1), make_model(seed=2)
+    with torch.no_grad():  # norms start at 1 in both models: make every saved value distinctive
+        for param in source.parameters():
+            param.add_(torch.rand_like(param))
+    before = {name: param.clone() for name, param in target.named_parameters()}
+    state = {"step": 17, "optimizer": {"lr": 1e-4, "moments": torch.arange(4.0)}, "rng": torch.get_rng_state()}
+    path = save_checkpoint(
+        tmp_path / "stage1", source, GROUPS, tokenizer=tokenizer, training_state=state, metadata={"stage": "stage1"}
+    )
+    assert is_complete_checkpoint(path)
+    manifest = json.loads((path / "checkpoint.json").read_text())
+    assert manifest["preset"] == "tiny" and manifest["groups"] == GROUPS
+    assert set(manifest["parameters"]) == _saved_names(source, GROUPS)
+
+    info = load_checkpoint(path, target)
+    assert info.groups == GROUPS and info.metadata == {"stage": "stage1"} and info.skipped == []
+    assert info.training_state["step"] == 17
+    assert torch.equal(info.training_state["optimizer"]["moments"], torch.arange(4.0))
+    assert torch.equal(info.training_state["rng"], state["rng"])
+    source_params, target_params = dict(source.named_parameters()), dict(target.named_parameters())
+    for name, param in target_params.items():
+        expected = source_params[name] if group_of(name) in GROUPS else before[name]
+        assert torch.equal(param, expected), name  # saved groups copied, the rest untouched
+
+    reloaded = load_tokenizer_from_checkpoint(path)
+    text = "{<12><34><56><78>} <p>red circle</p> <image>"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.pad_token_id == tokenizer.pad_token_id
+
+
+def test_strict_load_names_the_file_and_the_parameter(tmp_path, make_model):
+    path = save_checkpoint(tmp_path / "ckpt", make_model(), ["projection"])
+    other = make_model()
+    other.projection.proj_out = torch.nn.Linear(128, 64)  # a different LM width
+    with pytest.raises(ValueError, match=r"weights\.safetensors.*projection\.proj_out\.weight"):
+        load_checkpoint(path, other)
+    info = load_checkpoint(path, other, strict=False)
+    assert "projection.proj_out.weight" in info.skipped
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing", other)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, make_model, monkeypatch):
+    first = make_model(seed=1)
+    path = save_checkpoint(tmp_path / "latest", first, GROUPS, metadata={"step": 1})
+
+    def exploding_save(*args, **kwargs):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", exploding_save)
+    with pytest.raises(OSError, match="injected"):
+        save_checkpoint(tmp_path / "latest", make_model(seed=2), GROUPS, metadata={"step": 2})
+    with pytest.raises(OSError, match="injected"):
+        save_checkpoint(tmp_path / "fresh", make_model(seed=2), GROUPS)
+    monkeypatch.undo()
+
+    assert not (tmp_path / "fresh").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # no half-written siblings left
+    assert is_complete_checkpoint(path)
+    target = make_model(seed=3)
+    assert load_checkpoint(path, target).metadata == {"step": 1}
+    torch.testing.assert_close(target.projection.proj_in.weight, first.projection.proj_in.weight)
+
+
+def test_failure_after_weights_and_interrupted_swap_recovery(tmp_path, make_model, monkeypatch):
+    path = save_checkpoint(tmp_path / "latest", make_model(seed=1), ["projection"], metadata={"step": 1})
+
+    def exploding_torch_save(*args, **kwargs):
+        raise RuntimeError("killed while writing training state (injected)")
+
+    monkeypatch.setattr(torch, "save", exploding_torch_save)
+    with pytest.raises(RuntimeError, match="injected"):
+        save_checkpoint(path, make_model(seed=2), ["projection"], training_state={"step": 2})
+    monkeypatch.undo()
+    assert json.loads((path / "checkpoint.json").read_text())["metadata"] == {"step": 1}
+
+    # Simulate a crash between moving the old checkpoint aside and moving the new one in.
+    backup = tmp_path / ".latest.old-deadbeef"
+    path.rename(backup)
+    assert not is_complete_checkpoint(path)
+    (tmp_path / ".latest.tmp-cafebabe").mkdir()  # a half-written staging folder
+    save_checkpoint(tmp_path / "other", make_model(seed=3), ["projection"])
+    assert not is_complete_checkpoint(path)  # saving another name does not touch "latest"
+    save_checkpoint(path, make_model(seed=4), ["projection"], metadata={"step": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "other"]
+    assert load_checkpoint(path, make_model()).metadata == {"step": 4}
+
+
+def test_incomplete_folder_is_not_a_checkpoint(tmp_path):
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(b"")
+    assert not is_complete_checkpoint(folder)
+    (folder / "checkpoint.json").write_text("{not json")
+    assert not is_complete_checkpoint(folder)
