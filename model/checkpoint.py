@@ -164,24 +164,24 @@ def load_checkpoint(directory: str | Path, model: nn.Module, *, strict: bool = T
     weights_path = directory / WEIGHTS
     saved = safetensors.torch.load_file(str(weights_path))
     params = dict(model.named_parameters())
-    skipped = []
+    # Check every name before copying anything: a strict failure leaves the model untouched.
+    problems: dict[str, str] = {}
     for name, tensor in saved.items():
         target = params.get(name)
-        problem = None
         if target is None:
-            problem = f"{weights_path}: parameter {name!r} does not exist in the model"
+            problems[name] = f"{weights_path}: parameter {name!r} does not exist in the model"
         elif tuple(target.shape) != tuple(tensor.shape):
-            problem = (
+            problems[name] = (
                 f"{weights_path}: parameter {name!r} has shape {tuple(tensor.shape)} in the checkpoint "
                 f"but {tuple(target.shape)} in the model"
             )
-        if problem is not None:
-            if strict:
-                raise ValueError(problem)
-            skipped.append(name)
-            continue
-        with torch.no_grad():
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+    if strict and problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(next(iter(problems.values())) + more)
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            if name not in problems:
+                params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
 
     training_state = None
     if manifest.get("has_training_state"):
@@ -192,7 +192,7 @@ def load_checkpoint(directory: str | Path, model: nn.Module, *, strict: bool = T
         metadata=manifest.get("metadata", {}),
         training_state=training_state,
         path=directory,
-        skipped=skipped,
+        skipped=sorted(problems),
     )
 
 

@@ -8,6 +8,7 @@ which another held-out image's gold box hits IoU >= 0.5; caption, BLEU-4 of anot
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -154,7 +155,7 @@ def evaluate_checkpoint(checkpoint: str | Path, model_spec, *, data_dir: str | P
 
     built, _ = build_model(model_spec, image_size=_checkpoint_image_size(checkpoint), init_checkpoint=checkpoint,
                            log=log)
-    records = [r for _, r in zip(range(max_images), read_records(Path(data_dir), split=split))]
+    records = list(itertools.islice(read_records(Path(data_dir), split=split), max_images))
     if not records:
         raise ValueError(f"no records in split {split!r} of {data_dir}")
     return evaluate_shapes(built.model, built.tokenizer, built.preprocess, records, tasks=tasks,

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from tasks.boxes import Box, format_box, format_grounded_phrase, normalise_box
+from tasks.boxes import format_box, format_grounded_phrase, normalise_box
 from tasks.examples import TaskExample, Turn
 from tasks.ingest_server import LoopbackServer, Response
 

@@ -3,7 +3,7 @@
 Format as published: core_data.jsonl (full_data.jsonl alike), one object per line: {"instruction",
 "instances": [{"instruction_with_input", "input", "constraints", "output"}], ...}; a .json file holding a
 list of those objects (MiniGPT-v2's copy) is read too. Like MiniGPT-v2 the query is instruction_with_input
-followed by the constraints when there are any; one example per instance.
+followed by the constraints, except the data's literal "None." (MiniGPT-v2 appends it); one example per instance.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def load_unnatural(annotations: Path, image_root: Path | None, *, dataset: str) 
             at = f"{where} instances[{j}]"
             query = text_field(instance, "instruction_with_input", annotations, at)
             constraints = instance.get("constraints")
-            if isinstance(constraints, str) and constraints.strip():
+            if isinstance(constraints, str) and constraints.strip().rstrip(".").lower() not in ("", "none"):
                 query = f"{query} {constraints.strip()}"
             yield TaskExample(
                 task="text_instruction",

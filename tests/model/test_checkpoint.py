@@ -55,13 +55,18 @@ def test_round_trip_weights_tokenizer_and_training_state(tmp_path, make_model, t
 
 
 def test_strict_load_names_the_file_and_the_parameter(tmp_path, make_model):
-    path = save_checkpoint(tmp_path / "ckpt", make_model(), ["projection"])
-    other = make_model()
+    saved = make_model(seed=1)
+    path = save_checkpoint(tmp_path / "ckpt", saved, ["projection"])
+    other = make_model(seed=2)
     other.projection.proj_out = torch.nn.Linear(128, 64)  # a different LM width
-    with pytest.raises(ValueError, match=r"weights\.safetensors.*projection\.proj_out\.weight"):
+    untouched = other.projection.proj_in.weight.clone()
+    with pytest.raises(ValueError, match=r"weights\.safetensors.*projection\.proj_out\.(weight|bias)"):
         load_checkpoint(path, other)
+    # A failed strict load copies nothing, not even the parameters that would have fitted.
+    assert torch.equal(other.projection.proj_in.weight, untouched)
     info = load_checkpoint(path, other, strict=False)
-    assert "projection.proj_out.weight" in info.skipped
+    assert info.skipped == ["projection.proj_out.bias", "projection.proj_out.weight"]
+    assert torch.equal(other.projection.proj_in.weight, saved.projection.proj_in.weight)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing", other)
 

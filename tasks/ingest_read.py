@@ -1,0 +1,61 @@
+"""Read an ingested source back: the samples of the shards its manifest lists, as records with a
+decoded image, caption, annotations and split, in a fixed order (manifest order, then sample key).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image
+
+MANIFEST = "manifest.json"
+IMAGE_EXTS = ("jpg", "png", "webp")
+
+
+def load_manifest(output_dir: str | Path) -> dict:
+    path = Path(output_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run `vlmpipe ingest SOURCE_SPEC --output {output_dir}` first")
+    return json.loads(path.read_text())
+
+
+def _raw_samples(tar_path: Path) -> list[dict]:
+    # webdataset groups a tar's members into samples by key; no shuffling, no decoding yet
+    dataset = wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False)
+    return sorted(dataset, key=lambda s: s["__key__"])
+
+
+def _record(raw: dict) -> dict:
+    meta = json.loads(raw["json"]) if "json" in raw else {}
+    ext = next(e for e in IMAGE_EXTS if e in raw)
+    image = Image.open(io.BytesIO(raw[ext]))
+    annotations = meta.get("annotations")
+    if isinstance(annotations, str):
+        annotations = json.loads(annotations)
+    return {
+        "key": meta.get("source_key") or raw["__key__"],
+        "sample_key": raw["__key__"],
+        "image": image.convert("RGB"),
+        "caption": raw["txt"].decode("utf-8") if "txt" in raw else (meta.get("caption") or ""),
+        "annotations": annotations or {},
+        "split": meta.get("split") or "train",
+        "url": meta.get("url"),
+    }
+
+
+def read_records(output_dir: str | Path, split: str | None = None) -> Iterator[dict]:
+    """Records (key, image as RGB PIL.Image, caption, annotations dict, split, url) of every shard
+    in the manifest; `split` keeps only that split ("train" for sources without splits)."""
+    output_dir = Path(output_dir)
+    manifest = load_manifest(output_dir)
+    for shard in manifest["shards"]:
+        if split is not None and not shard.get("splits", {}).get(split, 0) and shard.get("splits"):
+            continue  # the manifest knows this shard has none of the split
+        for raw in _raw_samples(output_dir / shard["path"]):
+            record = _record(raw)
+            if split is None or record["split"] == split:
+                yield record

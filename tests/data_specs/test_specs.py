@@ -1,0 +1,103 @@
+"""Spec loading: every shipped spec validates; bad specs give one line naming file and field, exit 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_specs.loader import SpecError
+from data_specs.pipelines import load_pipeline
+from data_specs.schema import write_schemas
+from data_specs.stages import load_stage_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "data_specs"
+DEMO = SPECS / "pipelines" / "shapes_demo.yaml"
+STAGE4 = SPECS / "stages" / "stage4_multitask.yaml"
+
+
+def vlmpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=120)
+
+
+def test_demo_pipeline_resolves_sources_and_stages_in_order():
+    rp = load_pipeline(DEMO)
+    assert list(rp.sources) == ["shapes_world"]
+    assert [s.name for s in rp.stages] == ["shapes_base", "stage1_warmup", "stage2_pretrain",
+                                           "stage3_instruction", "stage4_multitask"]
+    assert rp.stages[0].trainable[0] == "vision"  # base pre-training trains the towers
+    for stage in rp.stages[1:]:  # the paper's stages keep towers and LM weights frozen
+        assert not {"vision", "qformer", "language_model"} & set(stage.trainable)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SPECS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_validates(path):
+    proc = vlmpipe("spec", "validate", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BAD_CASES = {
+    "unknown group": (
+        lambda s: s.replace("trainable: [projection, lora,", "trainable: [projektion, lora,"),
+        "trainable: unknown group 'projektion'"),
+    "negative weight": (
+        lambda s: s.replace("task: vqa,                  weight: 45", "task: vqa, weight: -1"),
+        "mixture.datasets[0].weight:"),
+    "typo in a field": (lambda s: s.replace("max_len:", "max_lenght:"), "max_lenght: unknown field"),
+    "missing field": (lambda s: s.replace("max_len: 192\n", ""), "max_len: required field is missing"),
+    "bad task": (lambda s: s.replace("task: caption,", "task: captioning,"), "mixture.datasets[1].task:"),
+    "yaml syntax": (lambda s: s.replace("mixture:\n", "mixture: [\n", 1), "YAML syntax error at line"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_stage_spec_gives_one_line_and_exit_2(tmp_path, case):
+    mutate, expected = BAD_CASES[case]
+    bad = write(tmp_path, "stage4.yaml", mutate(STAGE4.read_text()))
+    proc = vlmpipe("spec", "validate", str(bad))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(bad) in lines[0] and expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_stage_naming_an_unknown_source_is_caught_at_pipeline_load(tmp_path):
+    stage = write(tmp_path, "s.yaml", STAGE4.read_text().replace("source: shapes_world, split: train, task: refer",
+                                                                 "source: laoin, split: train, task: refer"))
+    pipe = write(tmp_path, "p.yaml", DEMO.read_text().replace("../sources/", f"{SPECS}/sources/")
+                 .replace("../stages/stage4_multitask.yaml", str(stage)).replace("../stages/", f"{SPECS}/stages/"))
+    with pytest.raises(SpecError) as err:
+        load_pipeline(pipe)
+    assert str(err.value).startswith(f"{stage}: mixture.datasets[2].source: unknown source 'laoin'")
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    proc = vlmpipe("spec", "validate", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "no such spec file" in proc.stderr
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_stage_spec(write(tmp_path, "list.yaml", "- a\n- b\n"))
+
+
+def test_usage_error_exits_2():
+    assert vlmpipe("spec").returncode == 2
+    assert vlmpipe("frobnicate").returncode == 2
+
+
+def test_json_schemas_are_generated_and_current(tmp_path):
+    paths = write_schemas(tmp_path)
+    assert sorted(p.name for p in paths) == ["pipeline.schema.json", "source.schema.json", "stage.schema.json"]
+    stage = json.loads((tmp_path / "stage.schema.json").read_text())
+    assert "mixture" in stage["properties"] and "max_len" in stage["required"]
+    for p in paths:  # the committed copies must match the models (run `make schema` after a change)
+        assert (SPECS / "schema" / p.name).read_text() == p.read_text(), f"run `make schema`: {p.name} is stale"
