@@ -87,7 +87,9 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_swap(directory)
 
-    tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in group_state_dict(model, groups).items()}
+    tensors = {
+        name: p.detach().to("cpu").contiguous().clone() for name, p in group_state_dict(model, groups).items()
+    }
     preset = getattr(model, "preset", None)
     manifest = {
         "format": FORMAT,

@@ -46,7 +46,9 @@ def generate_tokens(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if not bool(attention_mask[:, -1].all()):
-        raise ValueError("generate expects left-padded prompts: the last column of attention_mask must be all 1")
+        raise ValueError(
+            "generate expects left-padded prompts: the last column of attention_mask must be all 1"
+        )
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     batch = input_ids.shape[0]

@@ -210,4 +210,6 @@ def get_preset(name: str) -> ModelPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+        raise KeyError(
+            f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+        ) from None

@@ -28,7 +28,9 @@ def _check(preset: ModelPreset, what: str, actual: int, expected: int) -> None:
         raise ValueError(f"preset {preset.name!r}: pretrained {what} is {actual}, the preset says {expected}")
 
 
-def load_pretrained_parts(preset: ModelPreset, vocab_size: int, dtype: torch.dtype | None = None) -> PretrainedParts:
+def load_pretrained_parts(
+    preset: ModelPreset, vocab_size: int, dtype: torch.dtype | None = None
+) -> PretrainedParts:
     """Fetch the preset's hub checkpoints and check they have the shapes the preset promises.
 
     BLIP-2 ships as one checkpoint with its OPT language model inside; we load it whole (the reliable

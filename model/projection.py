@@ -39,12 +39,17 @@ def load_minigpt4_projection(projection: ImageProjection, path: str | Path) -> N
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state)
-    keys = {suffix: next((k for k in state if k.endswith(f"llama_proj.{suffix}")), None) for suffix in ("weight", "bias")}
+    keys = {
+        suffix: next((k for k in state if k.endswith(f"llama_proj.{suffix}")), None)
+        for suffix in ("weight", "bias")
+    }
     if None in keys.values():
         raise KeyError(f"{path}: no llama_proj.weight / llama_proj.bias found (keys: {sorted(state)[:8]}...)")
     with torch.no_grad():
         for suffix, key in keys.items():
             target = getattr(projection.proj_in, suffix)
             if tuple(state[key].shape) != tuple(target.shape):
-                raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+                raise ValueError(
+                    f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(state[key])

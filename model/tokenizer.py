@@ -34,7 +34,9 @@ def default_tiny_corpus() -> list[str]:
             box = f"{{<{x}><{y}><{x + 10}><{y + 10}>}}"
             task = tasks[(i + j) % len(tasks)]
             lines.append(f"###Human: <Img>{IMAGE_TOKEN}</Img> {task} What is in the image? ###Assistant: ")
-            lines.append(f"A {colour} {shape} on a plain background. There is one {shape} and it is {colour}.")
+            lines.append(
+                f"A {colour} {shape} on a plain background. There is one {shape} and it is {colour}."
+            )
             lines.append(f"<p>{colour} {shape}</p> {box}")
             lines.append(f"Where is the {colour} {shape}? {box} The answer is {colour}.\n###")
     return lines
@@ -74,7 +76,9 @@ def add_vlm_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToke
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False
+        )
     return tokenizer
 
 
@@ -90,5 +94,7 @@ def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """Id of `<image>`; fails loudly if the tokenizer was not prepared by this module."""
     token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token; build it with model.tokenizer.load_tokenizer")
+        raise ValueError(
+            f"tokenizer has no {IMAGE_TOKEN} token; build it with model.tokenizer.load_tokenizer"
+        )
     return int(token_id)

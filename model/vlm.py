@@ -136,6 +136,9 @@ class VisionLanguageModel(nn.Module):
         """Logits for every position; with `labels` (aligned to input_ids, -100 = ignore), the mean
         next-token cross-entropy. With `segment_ids` (packed rows: 0 = pad, k = k-th sample) each
         sample attends only to itself, positions restart per sample and the attention_mask is ignored."""
+        for name, other in (("attention_mask", attention_mask), ("segment_ids", segment_ids), ("labels", labels)):
+            if other is not None and other.shape != input_ids.shape:
+                raise ValueError(f"{name} has shape {tuple(other.shape)}, input_ids {tuple(input_ids.shape)}")
         embeds = self.embed_inputs(input_ids, pixel_values)
         if segment_ids is not None:
             segment_ids = segment_ids.to(embeds.device)
@@ -158,7 +161,10 @@ class VisionLanguageModel(nn.Module):
             targets = targets.masked_fill(~same_segment_targets(segment_ids), IGNORE_INDEX)
         count = int((targets != IGNORE_INDEX).sum())
         summed = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            logits[:, :-1].flatten(0, 1).float(),
+            targets.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
         # Zero (with a graph) rather than NaN for a batch without labels.
         loss = summed / max(count, 1)

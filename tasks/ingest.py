@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -57,6 +58,10 @@ _SHARD_SHAPING = ("kind", "shapes_world", "url_list", "input_format", "url_col",
 
 class IngestError(RuntimeError):
     """An ingest that cannot give trustworthy shards; `str()` is one line for the user."""
+
+
+class LowSuccessRate(IngestError):
+    """Too many URLs were lost (below min_success_rate); the manifest is written. Not retried."""
 
 
 @dataclass
@@ -200,6 +205,7 @@ def run_img2dataset(config: dict, output_dir: Path, name: str, sizes: list[int],
     _write_json(cfg_path, config)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("WANDB_MODE", "disabled")
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import otherwise
     shards_dir = Path(config["download"]["output_folder"])
     started = time.time()
     with open(output_dir / "ingest.log", "ab") as logfile:
@@ -217,8 +223,8 @@ def run_img2dataset(config: dict, output_dir: Path, name: str, sizes: list[int],
                 except subprocess.TimeoutExpired:
                     pass
                 done, urls, ok, span = _progress(shards_dir, sizes, started)
-                line = (f"[ingest {name}] shards {done}/{len(sizes)}; this run {urls} URLs, "
-                        f"{ok / max(urls, 1):.1%} success, {urls / span:.0f} URLs/s")
+                line = f"[ingest {name}] shards {done}/{len(sizes)}" + (
+                    f"; this run {urls} URLs, {ok / urls:.1%} success, {urls / span:.0f} URLs/s" if urls else "")
                 if line != last_line:
                     log(line)
                     last_line, last_change = line, time.time()
@@ -290,6 +296,8 @@ def ingest_source(spec: SourceSpec, output_dir: str | Path, *, log: Log = print,
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     shards_dir = output_dir / "shards"
+    if spec.distributor == "pyspark" and importlib.util.find_spec("pyspark") is None:
+        raise IngestError(f"{spec.name}: distributor pyspark needs pyspark (pip install pyspark) on this machine")
     fp = fingerprint(spec)
     _reset_if_changed(output_dir, fp, log, spec.name)
     cache = ValidationCache(output_dir / "validated.json")
@@ -311,6 +319,10 @@ def ingest_source(spec: SourceSpec, output_dir: str | Path, *, log: Log = print,
             reports, missing_after = _validate_all(spec, shards_dir, sizes, cache, log)
             rounds.append({"round": round_no, "shards": len(missing), "exit_code": code,
                            "seconds": round(time.time() - t0, 2), "still_missing": len(missing_after)})
+            if code != 0 and len(missing_after) >= len(missing):
+                # a crash that finished nothing will crash again: say why instead of retrying
+                raise IngestError(f"{spec.name}: img2dataset exited with {code} without finishing a shard; "
+                                  f"log {output_dir / 'ingest.log'}: {_log_tail(output_dir)}")
             missing = missing_after
         if missing:
             raise IngestError(f"{spec.name}: {len(missing)} shard(s) still missing or invalid after {max_rounds} "
@@ -394,7 +406,7 @@ def check_success_rate(spec: SourceSpec, manifest: dict, output_dir: Path) -> No
     if totals["success_rate"] >= spec.min_success_rate:
         return
     top = ", ".join(f"{msg!r} x{n}" for msg, n in list(manifest["errors"].items())[:3])
-    raise IngestError(f"{spec.name}: success rate {totals['success_rate']:.1%} ({totals['success']} of "
+    raise LowSuccessRate(f"{spec.name}: success rate {totals['success_rate']:.1%} ({totals['success']} of "
                       f"{totals['urls']} URLs) is below min_success_rate {spec.min_success_rate:.0%}; "
                       f"most common failures: {top}; see {output_dir / MANIFEST}")
 
@@ -403,7 +415,7 @@ def check_success_rate(spec: SourceSpec, manifest: dict, output_dir: Path) -> No
 
 from tasks.ingest_read import load_manifest, read_records  # noqa: E402 (re-exported API)
 
-__all__ = ["IngestError", "ingest_source", "load_manifest", "read_records"]
+__all__ = ["IngestError", "LowSuccessRate", "ingest_source", "load_manifest", "read_records"]
 
 
 def main(argv: list[str] | None = None) -> int:

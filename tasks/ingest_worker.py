@@ -44,7 +44,10 @@ def _spark_session(spark: dict) -> object:
 
 
 def run(config: dict) -> None:
-    import img2dataset.main as i2d
+    import importlib
+
+    # `import img2dataset.main` would give the package's `main` function, not the module
+    i2d = importlib.import_module("img2dataset.main")
 
     reject = bool(config.get("reject_truncated", True))
     original = i2d.Resizer

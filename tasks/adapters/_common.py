@@ -93,12 +93,6 @@ def _is(value: Any, kind: Kind) -> bool:
     return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
-def expect(value: Any, kind: Kind, path: Path, where: str, expected: str) -> Any:
-    if not _is(value, kind):
-        raise AdapterError(f"{path}: {where} is {type(value).__name__}; expected {expected}")
-    return value
-
-
 def field(record: Any, key: str, path: Path, where: str, kind: Kind | None = None) -> Any:
     """record[key], or an AdapterError naming the file, the record and the key."""
     if not isinstance(record, Mapping):
@@ -162,13 +156,9 @@ def xywh_box(xywh: Any, width: float, height: float, path: Path, where: str) -> 
     return normalise_box(x, y, x + w, y + h, width, height)
 
 
-def boxes_text(boxes: Sequence[Box]) -> str:
-    return BOX_DELIM.join(format_box(b) for b in boxes)
-
-
 def grounded_phrase(phrase: str, boxes: Sequence[Box]) -> str:
     """`<p>phrase</p> {box}`, several boxes joined by <delim> (the MiniGPT-v2 form)."""
-    return f"<p>{phrase}</p> {boxes_text(boxes)}"
+    return f"<p>{phrase}</p> {BOX_DELIM.join(format_box(b) for b in boxes)}"
 
 
 def strip_image_marker(text: str) -> str:

@@ -84,14 +84,13 @@ def load_coco_vqa(
     questions_path = Path(questions) if questions is not None else default_questions_path(annotations)
     data = read_json(annotations, ANSWERS_EXPECTED)
     qdata = read_json(questions_path, QUESTIONS_EXPECTED)
-    if not isinstance(data, dict) or not isinstance(qdata, dict):
-        bad = annotations if not isinstance(data, dict) else questions_path
-        raise AdapterError(f"{bad}: top level is not an object; expected {ANSWERS_EXPECTED}")
+    answer_records = field(data, "annotations", annotations, "top level", list)
+    question_records = field(qdata, "questions", questions_path, "top level", list)
     subtype = _subtype(data, qdata, annotations)
     by_question: dict[Any, dict] = {}
-    for i, ann in enumerate(field(data, "annotations", annotations, "top level", list)):
+    for i, ann in enumerate(answer_records):
         by_question[field(ann, "question_id", annotations, f"annotations[{i}]", (int, str))] = ann
-    for i, q in enumerate(field(qdata, "questions", questions_path, "top level", list)):
+    for i, q in enumerate(question_records):
         where = f"questions[{i}]"
         qid = field(q, "question_id", questions_path, where, (int, str))
         image_id = field(q, "image_id", questions_path, where, int)
@@ -102,9 +101,12 @@ def load_coco_vqa(
             )
         ann = by_question[qid]
         awhere = f"annotation of question_id {qid}"
+        given = field(ann, "answers", annotations, awhere, list)
+        # a blank annotator answer is noise, not a broken file: it just does not count
         answers = [
-            text_field(a, "answer", annotations, f"{awhere} answers[{j}]")
-            for j, a in enumerate(field(ann, "answers", annotations, awhere, list))
+            a
+            for j, record in enumerate(given)
+            if (a := field(record, "answer", annotations, f"{awhere} answers[{j}]", str).strip())
         ]
         answer = (
             most_common_answer(answers)

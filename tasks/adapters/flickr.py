@@ -1,12 +1,14 @@
-"""Flickr30k Entities -> MiniGPT-v2's three Flickr sets: grounded captions ([grounding]), caption -> its
-phrases with boxes (flickr_CaptionToPhrase, [detection]) and phrase -> box (flickr_ObjectToPhrase, [detection]).
+"""Flickr30k Entities -> MiniGPT-v2's three Flickr sets: grounded captions ([grounding]),
+caption -> its phrases with boxes (flickr_CaptionToPhrase, [detection]) and phrase -> box
+(flickr_ObjectToPhrase, [detection]).
 
 Format as published (BryanPlummer/flickr30k_entities): Sentences/<image_id>.txt, one caption a line with
-phrases marked `[/EN#<chain id>/<type>[/<type>...] words]` (chain 0 = notvisual), and Annotations/<image_id>.xml,
-PASCAL-VOC-like: <size><width/><height/></size> and <object>s with one or more <name> (chain ids) and a 1-based
-<bndbox> (xmin..ymax) or scene/nobndbox flags; train.txt/val.txt/test.txt list the image ids (split="all": every Sentences file). annotations is
-that folder, image_root the flickr30k_images/ folder (<image_id>.jpg). A phrase with several boxes gets them
-all, joined by <delim>, as MiniGPT-v2 writes detections; captions with no boxed phrase are skipped.
+phrases marked `[/EN#<chain id>/<type>[/<type>...] words]` (chain 0 = notvisual), and
+Annotations/<image_id>.xml, PASCAL-VOC-like: <size><width/><height/></size> and <object>s with one or more
+<name> (chain ids) and a 1-based <bndbox> (xmin..ymax) or scene/nobndbox flags; train.txt, val.txt and
+test.txt list the image ids (split="all": every Sentences file). annotations is that folder, image_root the
+flickr30k_images/ folder (<image_id>.jpg). A phrase with several boxes gets them all, joined by <delim> as
+MiniGPT-v2 writes detections; captions with no boxed phrase are skipped.
 """
 
 from __future__ import annotations

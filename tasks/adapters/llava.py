@@ -5,7 +5,8 @@ Format as published: llava_instruct_150k.json, conversation_58k.json, detail_23k
 complex_reasoning_77k.json = [{"id", "image": "<COCO id>.jpg", "conversations": [{"from": "human",
 "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}], human and gpt alternating. Images are COCO
 train2017 file names (image_root: coco/train2017); a record without "image" (multitask_conversation) is
-COCO_train2014_<id>.jpg as MiniGPT-v2 reads it. The `<image>` marker is removed: the template places the image.
+COCO_train2014_<id>.jpg as MiniGPT-v2 reads it. The `<image>` marker is removed: the template places
+the image.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Format as published: a folder (refcoco/, refcoco+/, refcocog/) with `refs(<split
 of [{"ref_id", "ann_id", "image_id", "split", "sentences": [{"sent_id", "sent", "raw", ...}], ...}] (split_by
 unc for RefCOCO/RefCOCO+, umd or google for RefCOCOg), and `instances.json` (COCO layout: "images" with
 id/file_name/width/height, "annotations" with id and bbox [x, y, w, h] in pixels). Splits: train, val,
-test, testA, testB ("test" takes every test*, "all" every split). One example per expression, the "raw" text as MiniGPT-v2
-uses it ("sent" when raw is missing). Images are COCO train2014 (image_root: that folder).
+test, testA, testB ("test" takes every test*, "all" every split). One example per expression, its "raw"
+text as MiniGPT-v2 uses it ("sent" when raw is empty). Images are COCO train2014 (image_root: that folder).
 """
 
 from __future__ import annotations

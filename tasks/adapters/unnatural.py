@@ -3,7 +3,8 @@
 Format as published: core_data.jsonl (full_data.jsonl alike), one object per line: {"instruction",
 "instances": [{"instruction_with_input", "input", "constraints", "output"}], ...}; a .json file holding a
 list of those objects (MiniGPT-v2's copy) is read too. Like MiniGPT-v2 the query is instruction_with_input
-followed by the constraints, except the data's literal "None." (MiniGPT-v2 appends it); one example per instance.
+followed by the constraints, except the data's literal "None." (MiniGPT-v2 appends it); one example
+per instance.
 """
 
 from __future__ import annotations

@@ -88,7 +88,9 @@ def test_textcaps_uses_textvqa_file_names():
 
 
 def test_missing_caption_names_file_record_and_key(write_json):
-    path = write_json("filter_cap.json", {"annotations": [{"image_id": "1", "caption": "ok"}, {"image_id": "7"}]})
+    path = write_json(
+        "filter_cap.json", {"annotations": [{"image_id": "1", "caption": "ok"}, {"image_id": "7"}]}
+    )
     with pytest.raises(AdapterError) as err:
         list(load_examples("cc_sbu_align", path))
     assert str(err.value) == f"{path}: annotations[1] has no 'caption'"
@@ -103,7 +105,10 @@ def test_empty_caption_is_malformed(write_json):
 def test_caption_of_unknown_image_is_malformed(write_json):
     path = write_json(
         "captions.json",
-        {"images": [{"id": 1, "file_name": "1.jpg"}], "annotations": [{"image_id": 2, "id": 5, "caption": "x"}]},
+        {
+            "images": [{"id": 1, "file_name": "1.jpg"}],
+            "annotations": [{"image_id": 2, "id": 5, "caption": "x"}],
+        },
     )
     with pytest.raises(AdapterError, match=r"annotations\[0\] refers to image_id 2, absent from 'images'"):
         load_examples("coco_caption", path)

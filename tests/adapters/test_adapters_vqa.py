@@ -72,13 +72,21 @@ def test_vqa_missing_questions_file_names_the_expected_path(tmp_path):
     shutil.copy(FIXTURES / "vqav2" / "v2_mscoco_train2014_annotations.json", path)
     with pytest.raises(AdapterError) as err:
         load_examples("coco_vqa", path)
-    assert str(err.value).startswith(f"{tmp_path / 'v2_OpenEnded_mscoco_val2014_questions.json'}: file not found")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'v2_OpenEnded_mscoco_val2014_questions.json'}: file not found"
+    )
 
 
 def test_vqa_question_without_annotation(write_json):
-    write_json("OpenEnded_mscoco_train2014_questions.json", {"questions": [{"image_id": 1, "question": "Why?", "question_id": 7}]})
+    write_json(
+        "OpenEnded_mscoco_train2014_questions.json",
+        {"questions": [{"image_id": 1, "question": "Why?", "question_id": 7}]},
+    )
     path = write_json("mscoco_train2014_annotations.json", {"annotations": []})
-    with pytest.raises(AdapterError, match=r"no annotation for question_id 7 \(OpenEnded_mscoco_train2014_questions.json questions\[0\]\)"):
+    with pytest.raises(
+        AdapterError,
+        match=r"no annotation for question_id 7 \(OpenEnded_mscoco_train2014_questions.json questions\[0\]\)",
+    ):
         load_examples("ok_vqa", path)
 
 
@@ -90,7 +98,8 @@ def test_aokvqa_answers_with_the_correct_choice():
         "000000299207.jpg",
         "aok_vqa",
         {
-            "answers": ["ride", "ride", "bus", "taxi", "travelling", "traffic", "taxi", "cab", "cab", "his ride"],
+            "answers": ["ride"] * 2
+            + ["bus", "taxi", "travelling", "traffic", "taxi", "cab", "cab", "his ride"],
             "choices": ["skateboarder", "train", "delivery", "cab"],
             "correct_choice_idx": 3,
             "rationales": [
@@ -101,7 +110,10 @@ def test_aokvqa_answers_with_the_correct_choice():
             "question_id": "22MexNkBPpdZGX6sxbxVBH",
         },
     )
-    assert (examples[1].turns, examples[1].image) == ([Turn("Which object has the most sugar?", "cake")], "000000001137.jpg")
+    assert (examples[1].turns, examples[1].image) == (
+        [Turn("Which object has the most sugar?", "cake")],
+        "000000001137.jpg",
+    )
 
 
 def test_aokvqa_test_record_without_answer_is_rejected(write_json):
@@ -120,14 +132,24 @@ def test_gqa_short_answer_by_default_full_on_request():
             [Turn("Is the sky dark?", "yes")],
             "2354786.jpg",
             "gqa",
-            {"answers": ["yes"], "question_id": "02930152", "full_answer": "Yes, the sky is dark.", "qtype": "verify"},
+            {
+                "answers": ["yes"],
+                "question_id": "02930152",
+                "full_answer": "Yes, the sky is dark.",
+                "qtype": "verify",
+            },
         ),
         TaskExample(
             "vqa",
             [Turn("What is on the white wall?", "pipe")],
             "2375429.jpg",
             "gqa",
-            {"answers": ["pipe"], "question_id": "07333408", "full_answer": "The pipe is on the wall.", "qtype": "query"},
+            {
+                "answers": ["pipe"],
+                "question_id": "07333408",
+                "full_answer": "The pipe is on the wall.",
+                "qtype": "query",
+            },
         ),
     ]
     full = [e.turns[0].answer for e in load_examples("gqa", path, full_answer=True)]
@@ -175,3 +197,45 @@ def test_ocrvqa_unequal_questions_and_answers(write_json):
 def test_ocrvqa_unknown_split(tmp_path):
     with pytest.raises(AdapterError, match="unknown split 'dev'; expected all or train, val, test"):
         load_examples("ocr_vqa", FIXTURES / "ocrvqa" / "dataset.json", split="dev")
+
+
+def test_vqa_blank_answers_do_not_count_and_empty_lists_fall_back(write_json):
+    write_json(
+        "OpenEnded_mscoco_val2014_questions.json",
+        {
+            "questions": [
+                {"image_id": 3, "question": "Q1?", "question_id": 1},
+                {"image_id": 4, "question": "Q2?", "question_id": 2},
+            ]
+        },
+    )
+    answers = [{"answer": " "}, {"answer": "two"}, {"answer": "2"}, {"answer": "2"}]
+    path = write_json(
+        "mscoco_val2014_annotations.json",
+        {
+            "annotations": [
+                {"question_id": 1, "answers": answers},
+                {"question_id": 2, "answers": [], "multiple_choice_answer": "no"},
+            ]
+        },
+    )
+    first, second = load_examples("ok_vqa", path)
+    assert (first.turns[0].answer, first.meta["answers"], first.image) == (
+        "2",
+        ["two", "2", "2"],
+        "COCO_val2014_000000000003.jpg",
+    )
+    assert (second.turns[0].answer, second.meta["answers"]) == ("no", ["no"])
+
+
+def test_vqa_answer_record_without_answer_key(write_json):
+    write_json(
+        "OpenEnded_mscoco_val2014_questions.json",
+        {"questions": [{"image_id": 3, "question": "Q?", "question_id": 1}]},
+    )
+    path = write_json(
+        "mscoco_val2014_annotations.json",
+        {"annotations": [{"question_id": 1, "answers": [{"raw_answer": "x"}]}]},
+    )
+    with pytest.raises(AdapterError, match=r"annotation of question_id 1 answers\[0\] has no 'answer'"):
+        load_examples("ok_vqa", path)

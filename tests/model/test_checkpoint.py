@@ -29,9 +29,18 @@ def test_round_trip_weights_tokenizer_and_training_state(tmp_path, make_model, t
         for param in source.parameters():
             param.add_(torch.rand_like(param))
     before = {name: param.clone() for name, param in target.named_parameters()}
-    state = {"step": 17, "optimizer": {"lr": 1e-4, "moments": torch.arange(4.0)}, "rng": torch.get_rng_state()}
+    state = {
+        "step": 17,
+        "optimizer": {"lr": 1e-4, "moments": torch.arange(4.0)},
+        "rng": torch.get_rng_state(),
+    }
     path = save_checkpoint(
-        tmp_path / "stage1", source, GROUPS, tokenizer=tokenizer, training_state=state, metadata={"stage": "stage1"}
+        tmp_path / "stage1",
+        source,
+        GROUPS,
+        tokenizer=tokenizer,
+        training_state=state,
+        metadata={"stage": "stage1"},
     )
     assert is_complete_checkpoint(path)
     manifest = json.loads((path / "checkpoint.json").read_text())

@@ -33,7 +33,8 @@ def test_with_image_size_keeps_architecture():
 def test_real_presets_chain_dimensions(name, lm_hidden, layers, rotary):
     preset = get_preset(name)
     vision, qformer, lm = preset.vision_config(), preset.qformer_config(), preset.lm_config(50297)
-    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (1408, 39, 14, 224)
+    assert (vision.hidden_size, vision.num_hidden_layers) == (1408, 39)
+    assert (vision.patch_size, vision.image_size) == (14, 224)
     # Q-Former cross-attends to the vision width, and the projection bridges 768 -> 4096 -> LM width.
     assert qformer.encoder_hidden_size == vision.hidden_size == 1408
     assert (qformer.hidden_size, qformer.num_hidden_layers, qformer.cross_attention_frequency) == (768, 12, 2)

@@ -46,12 +46,18 @@ def test_pretrained_parts_are_used_and_embeddings_grow_to_the_tokenizer(fake_hub
     tiny = get_preset("tiny")
     # A tiny preset pointing at made-up hub ids, with an LM vocabulary smaller than the tokenizer.
     preset = dataclasses.replace(
-        tiny, vision_source="fake/blip2", lm_source="fake/phi", lm_kwargs={**tiny.lm_kwargs, "vocab_size": 100}
+        tiny,
+        vision_source="fake/blip2",
+        lm_source="fake/phi",
+        lm_kwargs={**tiny.lm_kwargs, "vocab_size": 100},
     )
     fake_hub.state["preset"] = preset
     model = VisionLanguageModel.from_preset(preset, tokenizer, pretrained=True)
 
-    assert [(kind, name) for kind, name, _ in fake_hub.calls] == [("blip2", "fake/blip2"), ("phi", "fake/phi")]
+    assert [(kind, name) for kind, name, _ in fake_hub.calls] == [
+        ("blip2", "fake/blip2"),
+        ("phi", "fake/phi"),
+    ]
     phi_kwargs = fake_hub.calls[1][2]
     assert phi_kwargs["qk_layernorm"] is True and phi_kwargs["attn_implementation"] == "sdpa"
     assert torch.all(model.qformer.query_tokens == 0.125)  # the checkpoint's queries, not a fresh init

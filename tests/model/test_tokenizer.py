@@ -33,15 +33,15 @@ def test_special_tokens(tokenizer):
     assert tokenizer(IMAGE_TOKEN * 3)["input_ids"] == [image_id] * 3
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert tokenizer.eos_token == "<|endoftext|>"
-    assert IMAGE_TOKEN not in tokenizer.decode(tokenizer("a <image> b")["input_ids"], skip_special_tokens=True)
+    assert IMAGE_TOKEN not in tokenizer.decode(
+        tokenizer("a <image> b")["input_ids"], skip_special_tokens=True
+    )
     assert len(tokenizer) <= 1024
 
 
 def test_load_tokenizer_for_real_preset_uses_the_hub_id(monkeypatch, tokenizer):
-    from transformers import AutoTokenizer
-
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     # Like phi-2's: an end-of-text token, but neither <image> nor a pad token; load_tokenizer adds both.
     backend = Tokenizer(models.BPE())

@@ -50,11 +50,15 @@ def test_set_trainable_logs_one_line_per_group(make_model):
     assert counts["vision"] == 0 and counts["projection"] > 0 and counts["lora"] == 0
 
 
-@pytest.mark.parametrize("groups", [STAGE1, STAGE2, ["qformer", "vision"]], ids=["stage1", "stage2", "towers"])
+@pytest.mark.parametrize(
+    "groups", [STAGE1, STAGE2, ["qformer", "vision"]], ids=["stage1", "stage2", "towers"]
+)
 def test_gradients_reach_exactly_the_trainable_groups(make_model, encode, images, groups):
     model = make_model().train()
     set_trainable(model, groups, log=None)
-    ids = torch.tensor([encode("{img} a red circle"), encode("text only, no image here at all")[: len(encode("{img} a red circle"))]])
+    with_image = encode("{img} a red circle")
+    text_only = encode("text only, no image here at all")[: len(with_image)]
+    ids = torch.tensor([with_image, text_only])
     model(ids, images(1), labels=ids).loss.backward()
     for name, param in model.named_parameters():
         if group_of(name) in groups:
@@ -63,9 +67,9 @@ def test_gradients_reach_exactly_the_trainable_groups(make_model, encode, images
             assert param.grad is None, name
     # Something in every chosen group actually moves (LoRA A is zero-gradient only if B is zero).
     for group in groups:
-        assert any(
-            p.grad.abs().sum() > 0 for n, p in model.named_parameters() if group_of(n) == group
-        ), f"no gradient signal reached {group}"
+        assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if group_of(n) == group), (
+            f"no gradient signal reached {group}"
+        )
 
 
 def test_group_state_dict_selects_by_group(make_model):

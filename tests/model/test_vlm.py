@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -46,9 +47,12 @@ def test_segment_positions_restart_per_sample():
     assert segment_positions(segments).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]
 
 
-def test_packed_rows_equal_samples_run_alone(make_model, encode, tokenizer, images):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_equal_samples_run_alone(make_model, encode, tokenizer, images, attention):
     """Three samples (two with images) packed into two rows give each sample its solo logits and loss."""
-    model = make_model().eval()
+    preset = dataclasses.replace(get_preset("tiny"), attn_implementation=attention)
+    model = make_model(preset=preset).eval()
+    assert model.language_model.config._attn_implementation == attention
     samples = [
         encode("###Human: {img} describe ###Assistant: a red circle"),
         encode("plain text without any image at all"),
@@ -71,7 +75,7 @@ def test_packed_rows_equal_samples_run_alone(make_model, encode, tokenizer, imag
 
     spans = [(0, 0, len(samples[0])), (0, len(samples[0]), len(rows[0])), (1, 0, len(samples[2]))]
     loss_sum, count = 0.0, 0
-    for sample, image, (row, start, end) in zip(samples, sample_images, spans):
+    for sample, image, (row, start, end) in zip(samples, sample_images, spans, strict=True):
         ids = torch.tensor([sample])
         alone = model(ids, image, labels=ids)
         torch.testing.assert_close(packed.logits[row, start:end], alone.logits[0], atol=1e-5, rtol=1e-5)
@@ -150,7 +154,11 @@ def _greedy_without_cache(model, ids, pixels, steps, eos):
 def test_generate_left_padded_batch_equals_each_prompt_alone(make_model, encode, tokenizer, images):
     model = make_model(seed=3)
     eos = [tokenizer.eos_token_id]
-    prompts = [encode("{img} ###Human: what? ###Assistant:"), encode("a text only prompt that is longer"), encode("{img} hi")]
+    prompts = [
+        encode("{img} ###Human: what? ###Assistant:"),
+        encode("a text only prompt that is longer"),
+        encode("{img} hi"),
+    ]
     prompt_images = [images(1, seed=5), None, images(1, seed=6)]
     length = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
@@ -162,7 +170,7 @@ def test_generate_left_padded_batch_equals_each_prompt_alone(make_model, encode,
     assert model.training  # generate restores the mode it found
     alone = [
         model.generate(torch.tensor([p]), None, img, max_new_tokens=8, eos_token_ids=eos)[0]
-        for p, img in zip(prompts, prompt_images)
+        for p, img in zip(prompts, prompt_images, strict=True)
     ]
     assert batched == alone
     model.eval()
@@ -177,7 +185,9 @@ def test_generate_stops_at_eos_and_rejects_right_padding(make_model, encode, tok
     assert first, "greedy decoding of a random model produced nothing to test with"
     # Declaring the first generated token an eos ends generation before it: nothing is returned.
     assert model.generate(ids, None, images(1), max_new_tokens=5, eos_token_ids=[first[0]]) == [[]]
-    sampled = model.generate(ids, None, images(1), max_new_tokens=5, eos_token_ids=[], temperature=0.8, top_p=0.9)
+    sampled = model.generate(
+        ids, None, images(1), max_new_tokens=5, eos_token_ids=[], temperature=0.8, top_p=0.9
+    )
     assert len(sampled[0]) == 5
     with pytest.raises(ValueError, match="left-padded"):
         model.generate(ids, torch.tensor([[1] * (ids.shape[1] - 1) + [0]]), images(1), 3, [0])
