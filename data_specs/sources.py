@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from data_specs.loader import SpecModel, load_spec
 
@@ -101,8 +101,8 @@ class SourceSpec(SpecModel):
                                          "(decompression bombs); null: no limit.")
     max_aspect_ratio: float | None = Field(None, gt=0, description="Drop images longer/shorter above this; "
                                            "null: no limit.")
-    reject_truncated: bool = Field(True, description="Drop JPEGs cut short in transfer (decoders would fill "
-                                   "the missing part with grey and pass them as good).")
+    reject_truncated: bool = Field(True, description="Count JPEGs cut short in transfer as 'truncated image' "
+                                   "(some decoders pass them with grey rows, others call them non-images).")
     output_format: list[Literal["webdataset", "parquet"]] = Field(
         ["webdataset"], description="webdataset tars (always); add parquet for img2dataset's parquet output "
         "(images inside parquet) too, written from the validated tars.")
@@ -137,28 +137,51 @@ class SourceSpec(SpecModel):
             raise ValueError("must include webdataset (validation, the manifest and training read the tars)")
         return list(dict.fromkeys(value))
 
-    @model_validator(mode="after")
-    def _kind_fields(self) -> SourceSpec:
-        if self.kind == "shapes_world":
-            if self.shapes_world is None:
-                raise ValueError("kind shapes_world needs a `shapes_world` block (num_train, num_heldout, seed, ...)")
-            if self.url_list is not None:
-                raise ValueError("kind shapes_world generates its own URL list; remove `url_list`")
-        else:
-            if self.shapes_world is not None:
-                raise ValueError(f"`shapes_world` settings only apply to kind shapes_world, not {self.kind}")
-            if self.url_list is None:
-                raise ValueError(f"kind {self.kind} needs `url_list` (the file with the URLs)")
-            if self.kind == "url_list" and self.input_format is None:
-                raise ValueError("kind url_list needs `input_format` (parquet, csv, tsv, json, jsonl or txt)")
-            if self.kind in CONVERTED_KINDS and self.input_format is not None:
-                raise ValueError(f"kind {self.kind} has a fixed published format; remove `input_format`")
-        if self.encode_format == "png" and self.encode_quality > 9:
-            raise ValueError("encode_quality is the zlib level 0-9 for encode_format png, got "
-                             f"{self.encode_quality}")
-        if self.distributor == "pyspark" and self.spark is None:
-            self.spark = SparkSpec()
-        return self
+    # Cross-field rules are field validators (fields are validated in declaration order, and
+    # SpecModel validates defaults), so an error names the field to fix, not "(top level)".
+    @field_validator("shapes_world")
+    @classmethod
+    def _shapes_world_iff_kind(cls, value: ShapesWorldSpec | None, info: ValidationInfo) -> ShapesWorldSpec | None:
+        kind = info.data.get("kind")
+        if kind == "shapes_world" and value is None:
+            raise ValueError("kind shapes_world needs this block (num_train, num_heldout, seed, ...)")
+        if kind not in (None, "shapes_world") and value is not None:
+            raise ValueError(f"only applies to kind shapes_world, not {kind}")
+        return value
+
+    @field_validator("url_list", mode="after")
+    @classmethod
+    def _url_list_for_web_kinds(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        kind = info.data.get("kind")
+        if kind == "shapes_world" and value is not None:
+            raise ValueError("kind shapes_world generates its own URL list; remove this field")
+        if kind not in (None, "shapes_world") and value is None:
+            raise ValueError(f"kind {kind} needs the file (or folder) with the URLs")
+        return value
+
+    @field_validator("input_format")
+    @classmethod
+    def _input_format_for_url_list(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind == "url_list" and value is None:
+            raise ValueError("kind url_list needs it: parquet, csv, tsv, json, jsonl or txt")
+        if kind in CONVERTED_KINDS and value is not None:
+            raise ValueError(f"kind {kind} has a fixed published format; remove this field")
+        return value
+
+    @field_validator("encode_quality")
+    @classmethod
+    def _png_level(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("encode_format") == "png" and value > 9:
+            raise ValueError(f"for encode_format png this is the zlib level 0-9, got {value}")
+        return value
+
+    @field_validator("spark")
+    @classmethod
+    def _spark_for_pyspark(cls, value: SparkSpec | None, info: ValidationInfo) -> SparkSpec | None:
+        if info.data.get("distributor") == "pyspark" and value is None:
+            return SparkSpec()
+        return value
 
     def img2dataset_options(self) -> dict[str, Any]:
         """The knobs that go to img2dataset.download unchanged."""

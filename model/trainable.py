@@ -79,6 +79,11 @@ def set_trainable(
 ) -> dict[str, int]:
     """Freeze everything, then unfreeze `groups`; log one line per group; return trainable counts."""
     chosen = set(check_groups(groups))
+    counts = parameter_counts(model)
+    empty = sorted(group for group in chosen if counts[group][0] == 0)
+    if empty:
+        # e.g. a stage that trains `lora` on a model built with lora=None would silently train nothing.
+        raise ValueError(f"parameter group(s) {empty} have no parameters in this model")
     for name, param in model.named_parameters():
         param.requires_grad_(group_of(name) in chosen)
     counts = parameter_counts(model)
@@ -86,7 +91,7 @@ def set_trainable(
         width = max(len(g) for g in GROUPS)
         for group in GROUPS:
             total = counts[group][0]
-            if total == 0 and group not in chosen:
+            if total == 0:
                 continue  # e.g. no LoRA injected: nothing to report
             status = "[TRAINABLE]" if group in chosen else "[Frozen]"
             log(f"{status} {group:<{width}}  {format_count(total)} params")

@@ -51,7 +51,8 @@ class VisionLanguageModel(nn.Module):
         pretrained_parts: PretrainedParts | None = None,
     ):
         """Build from the preset's configs (random init from torch's global RNG), or around
-        `pretrained_parts` (see from_preset(pretrained=True))."""
+        `pretrained_parts` (see from_preset(pretrained=True)). Parameters are float32 unless the parts
+        came in another dtype; cast the whole model afterwards (from_preset's `dtype` does)."""
         super().__init__()
         self.preset = preset
         self.image_token_id = int(image_token_id)
@@ -71,7 +72,6 @@ class VisionLanguageModel(nn.Module):
         self.qformer = qformer
         self.projection = ImageProjection(preset.qformer_hidden, preset.projection_hidden, preset.lm_hidden)
         self.language_model = prepare_language_model(lm, lora)
-        # Build as float32 throughout; callers cast (bf16 on GPU) after construction.
         self.vocab_size = embedding_rows(self.language_model)
 
     @classmethod
@@ -87,8 +87,9 @@ class VisionLanguageModel(nn.Module):
         preset = get_preset(name_or_preset) if isinstance(name_or_preset, str) else name_or_preset
         vocab_size = len(tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        image_id = find_image_token_id(tokenizer)  # fail before any (slow) weight loading
         parts = load_pretrained_parts(preset, vocab_size, dtype) if pretrained else None
-        model = cls(preset, vocab_size, find_image_token_id(tokenizer), pad, lora, pretrained_parts=parts)
+        model = cls(preset, vocab_size, image_id, pad, lora, pretrained_parts=parts)
         if dtype is not None:
             model.to(dtype)
         return model
@@ -136,7 +137,11 @@ class VisionLanguageModel(nn.Module):
         """Logits for every position; with `labels` (aligned to input_ids, -100 = ignore), the mean
         next-token cross-entropy. With `segment_ids` (packed rows: 0 = pad, k = k-th sample) each
         sample attends only to itself, positions restart per sample and the attention_mask is ignored."""
-        for name, other in (("attention_mask", attention_mask), ("segment_ids", segment_ids), ("labels", labels)):
+        for name, other in (
+            ("attention_mask", attention_mask),
+            ("segment_ids", segment_ids),
+            ("labels", labels),
+        ):
             if other is not None and other.shape != input_ids.shape:
                 raise ValueError(f"{name} has shape {tuple(other.shape)}, input_ids {tuple(input_ids.shape)}")
         embeds = self.embed_inputs(input_ids, pixel_values)

@@ -1,7 +1,8 @@
 """Checks on downloaded bytes that img2dataset does not make, applied inside its resize step.
 
-A JPEG cut short in transfer still decodes (libjpeg fills the missing rows with grey), so
-img2dataset would count it as a success; `StrictResizer` turns it into a counted failure.
+A JPEG cut short in transfer is either passed as good with grey rows (decoder builds that only warn)
+or, with the OpenCV here (4.14), rejected as "Image decoding error", the same words as for HTML
+bytes. `StrictResizer` makes truncation its own counted reason on every build.
 """
 
 from __future__ import annotations

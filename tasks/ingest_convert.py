@@ -32,19 +32,21 @@ def iter_json_array(path: Path, chunk_chars: int = 1 << 20) -> Iterator[object]:
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
         buf, pos, started, eof = "", 0, False, False
+
+        def refill() -> None:
+            nonlocal buf, pos, eof
+            more = f.read(chunk_chars)
+            eof = not more
+            buf, pos = buf[pos:] + more, 0
+
         while True:
-            # drop separators; refill when the buffer runs low so an item is never cut in two
             while pos < len(buf) and buf[pos] in " \t\r\n,":
                 pos += 1
-            if len(buf) - pos < chunk_chars and not eof:
-                more = f.read(chunk_chars)
-                eof = not more
-                buf, pos = buf[pos:] + more, 0
-                continue
             if pos >= len(buf):
-                if not started:
-                    raise ValueError(f"{path}: empty file, expected a JSON array")
-                raise ValueError(f"{path}: JSON array is not closed")
+                if eof:
+                    raise ValueError(f"{path}: {'JSON array is not closed' if started else 'empty file'}")
+                refill()
+                continue
             if not started:
                 if buf[pos] != "[":
                     raise ValueError(f"{path}: expected a JSON array (a list of records)")
@@ -52,7 +54,17 @@ def iter_json_array(path: Path, chunk_chars: int = 1 << 20) -> Iterator[object]:
                 continue
             if buf[pos] == "]":
                 return
-            item, pos = decoder.raw_decode(buf, pos)
+            try:
+                item, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as exc:
+                if eof:
+                    raise ValueError(f"{path}: not valid JSON ({exc})") from None
+                refill()  # the item runs past the buffer: read on and decode it again
+                continue
+            if end == len(buf) and not eof:
+                refill()  # a number cut at the buffer's end would decode short
+                continue
+            pos = end
             yield item
 
 
@@ -83,7 +95,7 @@ def sbu_rows(path: Path) -> Iterator[Row]:
     urls, captions = data["image_urls"], data["captions"]
     if len(urls) != len(captions):
         raise ValueError(f"{path}: {len(urls)} image_urls but {len(captions)} captions")
-    for url, caption in zip(urls, captions):
+    for url, caption in zip(urls, captions, strict=True):
         yield {"url": url, "caption": caption}
 
 

@@ -5,11 +5,36 @@ and dataset input, and the rows of a Prefect table artifact, all read off the ma
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 STATUSES = ("success", "failed_to_download", "failed_to_resize")
+
+
+# (pattern in img2dataset's error message, reason); first match wins
+_REASONS = (
+    (re.compile(r"HTTP Error (\d{3})"), "http_{0}"),
+    (re.compile(r"timed out|timeout", re.I), "timeout"),
+    (re.compile(r"X-Robots-Tag"), "disallowed_by_robots"),
+    (re.compile(r"truncated image"), "truncated"),
+    (re.compile(r"Image decoding error|cannot identify image", re.I), "not_an_image"),
+    (re.compile(r"image area too large"), "too_large"),
+    (re.compile(r"image too small"), "too_small"),
+    (re.compile(r"aspect ratio too large"), "bad_aspect_ratio"),
+    (re.compile(r"hash mismatch"), "hash_mismatch"),
+    (re.compile(r"redirect", re.I), "redirect_error"),
+    (re.compile(r"urlopen error|Connection|Remote end closed|SSL", re.I), "connection_error"),
+)
+
+
+def reason_of(message: str) -> str:
+    """img2dataset's error message -> a stable reason name ('HTTP Error 404: Not Found' -> 'http_404';
+    a read timeout and a connect timeout -> 'timeout')."""
+    for pattern, name in _REASONS:
+        m = pattern.search(message)
+        if m:
+            return name.format(*m.groups())
+    return "other"
 
 
 def reason_slug(message: str) -> str:
@@ -29,6 +54,7 @@ def summary(manifest: dict, output_dir: str | Path) -> dict[str, Any]:
         "urls": totals["urls"],
         "status": {s: totals[s] for s in STATUSES},
         "errors": manifest["errors"],
+        "reasons": manifest["reasons"],
         "errors_by_status": manifest["errors_by_status"],
         "success_rate": totals["success_rate"],
         "splits": manifest["splits"],
@@ -47,12 +73,9 @@ def metrics(manifest: dict) -> dict[str, float]:
     for key in ("images_per_s", "urls_per_s", "download_s", "wall_s"):
         if manifest["throughput"].get(key) is not None:
             out[key] = manifest["throughput"][key]
-    by_reason: Counter = Counter()
-    for message, n in manifest["errors"].items():
-        by_reason[reason_slug(message)] += n
-    for slug, n in by_reason.items():
-        out[f"failures.{slug}"] = n
-        out[f"failure_rate.{slug}"] = n / urls
+    for reason, n in manifest["reasons"].items():
+        out[f"failures.{reason}"] = n
+        out[f"failure_rate.{reason}"] = n / urls
     for split, n in manifest["splits"].items():
         out[f"split.{split}"] = n
     return out
@@ -61,11 +84,12 @@ def metrics(manifest: dict) -> dict[str, float]:
 def table_rows(manifest: dict) -> list[dict[str, Any]]:
     """One row per outcome and reason, largest first: what a person checks after a download."""
     urls = max(manifest["totals"]["urls"], 1)
-    rows = [{"status": "success", "reason": "", "count": manifest["totals"]["success"],
+    rows = [{"status": "success", "reason": "", "message": "", "count": manifest["totals"]["success"],
              "share": round(manifest["totals"]["success"] / urls, 4)}]
     for status, messages in manifest["errors_by_status"].items():
         for message, n in messages.items():
-            rows.append({"status": status, "reason": message, "count": n, "share": round(n / urls, 4)})
+            rows.append({"status": status, "reason": reason_of(message), "message": message, "count": n,
+                         "share": round(n / urls, 4)})
     return rows
 
 
@@ -81,11 +105,8 @@ def log_to_mlflow(tracker: Any, manifest: dict, manifest_path: Path) -> None:
     tracker.log_artifact(manifest_path, "ingest")
     tracker.log_table(table_rows(manifest), "ingest/outcomes.json")
     tracker.set_tags({"vlmpipe.source": manifest["source"], "vlmpipe.manifest_fingerprint": manifest["fingerprint"]})
-    # the manifest lists every shard's sha256: its own digest names exactly this data
-    import hashlib
-
-    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:16]
+    # the manifest's digest covers every shard's sha256: it names exactly this data
     dataset = MetaDataset(LocalArtifactDatasetSource(str(manifest_path.resolve())), name=manifest["source"],
-                          digest=digest)
+                          digest=manifest["digest"])
     entity = dataset._to_mlflow_entity()  # the public log_input needs the fluent active run
     tracker.client.log_inputs(tracker.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])

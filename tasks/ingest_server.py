@@ -28,6 +28,13 @@ class Response:
     kind: str = ""  # what the server counts this answer as; default: "ok" or the status code
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # slow-response handlers must not keep the process (or server_close) waiting
+    # img2dataset opens dozens of connections at once; the default backlog of 5 drops SYNs, which
+    # the client only resends after 1 s: a spurious connect timeout
+    request_queue_size = 256
+
+
 class LoopbackServer:
     """A threaded HTTP server on a loopback port answering GETs with `route(path) -> Response`."""
 
@@ -35,9 +42,7 @@ class LoopbackServer:
         self.route = route
         self.served: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        # slow-response handlers must not keep the process (or server_close) waiting
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), self._handler_class())
         self._thread: threading.Thread | None = None
 
     @property
@@ -117,8 +122,10 @@ class FaultServer(LoopbackServer):
     image, which is counted as "redirected" when fetched.
     """
 
-    def __init__(self, slow_s: float = 4.0, oversize_px: int = 1200, image_px: int = 64, **kwargs):
+    def __init__(self, slow_s: float = 4.0, oversize_px: int = 1200, image_px: int = 64, good_delay_s: float = 0.0,
+                 **kwargs):
         self.slow_s, self.oversize_px, self.image_px = slow_s, oversize_px, image_px
+        self.good_delay_s = good_delay_s
         self._oversize: bytes | None = None
         super().__init__(self._route, **kwargs)
 
@@ -126,7 +133,8 @@ class FaultServer(LoopbackServer):
         parts = path.strip("/").split("/")
         index = int("".join(ch for ch in parts[-1] if ch.isdigit()) or 0)
         if parts[0] == "good":
-            return Response(200, sample_jpeg(index, self.image_px), "image/jpeg", kind="good")
+            return Response(200, sample_jpeg(index, self.image_px), "image/jpeg", delay_s=self.good_delay_s,
+                            kind="good")
         if parts[0] == "redirected":
             return Response(200, sample_jpeg(index, self.image_px), "image/jpeg", kind="redirected")
         kind = parts[1] if parts[0] == "fault" and len(parts) == 3 else "unknown"

@@ -117,10 +117,11 @@ def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: 
     if status.count("success") != stats["successes"]:
         raise ShardInvalid("metadata and stats disagree on successes")
     errors: dict[str, Counter] = {}
-    for st, msg in zip(status, meta.get("error_message", [None] * len(status))):
+    for st, msg in zip(status, meta.get("error_message", [None] * len(status)), strict=True):
         if st != "success":
             errors.setdefault(st or "unknown", Counter())[msg or "unknown"] += 1
-    splits = Counter(sp for st, sp in zip(status, meta.get("split", ["train"] * len(status))) if st == "success")
+    split_col = meta.get("split", ["train"] * len(status))
+    splits = Counter(sp or "train" for st, sp in zip(status, split_col, strict=True) if st == "success")
     keys = sorted(samples)
     if decode and keys:
         step = max(1, len(keys) // decode)

@@ -71,7 +71,7 @@ def _scene(key: str, split: str, rng: random.Random, canvas: int, max_shapes: in
     pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
     cell = canvas / 3
     placed = []
-    for (row, col), (colour, shape) in zip(cells, pairs):
+    for (row, col), (colour, shape) in zip(cells, pairs, strict=True):
         side = round(cell * rng.uniform(0.55, 0.9))
         x0 = round(col * cell + rng.uniform(0, cell - side))
         y0 = round(row * cell + rng.uniform(0, cell - side))
@@ -133,7 +133,7 @@ def scene_annotations(scene: Scene) -> dict[str, Any]:
                 "size": "large" if side >= threshold else "small",
                 "box": list(normalise_box(*s.box, n, n)),
             }
-            for s, side in zip(scene.shapes, sides)
+            for s, side in zip(scene.shapes, sides, strict=True)
         ],
     }
 
@@ -242,7 +242,7 @@ def detailed_description(ann: dict) -> str:
     lines = [f"The image shows {COUNT_WORDS[n]} shape{'s' if n > 1 else ''} on a plain white background."]
     for s in shapes:
         lines.append(f"{_where(s['position']).capitalize()} there is a {s['size']} {_name(s)}.")
-    for a, b in zip(shapes, shapes[1:]):
+    for a, b in zip(shapes, shapes[1:], strict=False):
         ca, cb = _cell(a["position"]), _cell(b["position"])
         if ca[1] != cb[1]:
             side = "left" if ca[1] < cb[1] else "right"

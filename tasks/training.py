@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,7 +180,8 @@ def train_stage(
                         attention_mask=batch.attention_mask, labels=batch.labels)
         loss = out.loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at step {step}")
+            raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
+                                     "schedule.lr or check the data (vlmpipe spec preview)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -188,17 +190,18 @@ def train_stage(
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, sched.grad_clip))
         optimizer.step()
         t2 = time.perf_counter()
-        losses.append(float(loss))
+        loss_value = loss.item()
+        losses.append(loss_value)
         meter.add(tokens=batch.real_tokens, samples=batch.num_samples, data_s=t1 - t0, compute_s=t2 - t1)
         if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
             figures = meter.report()
-            metrics = {"loss": float(loss), "lr": lr, "packing_efficiency": batch.real_tokens / batch.capacity,
+            metrics = {"loss": loss_value, "lr": lr, "packing_efficiency": batch.real_tokens / batch.capacity,
                        **figures}
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step + 1)
-            log(f"{stage.name} step {step + 1}/{sched.steps} loss {float(loss):.4f} lr {lr:.2e} "
+            log(f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f} lr {lr:.2e} "
                 f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}")
         if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0 and step + 1 < sched.steps:
             save(resume_dir, step + 1)
@@ -208,6 +211,7 @@ def train_stage(
         return {"checkpoint": None, "resume": str(resume_dir), "steps": end_step, "stopped_early": True}
 
     save(final_dir, sched.steps)
+    shutil.rmtree(resume_dir, ignore_errors=True)  # the finished checkpoint supersedes it
     window = max(1, len(losses) // 10)
     summary = {
         "checkpoint": str(final_dir),

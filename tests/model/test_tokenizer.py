@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from model import IMAGE_TOKEN, build_tiny_tokenizer, get_preset, load_tokenizer
@@ -20,6 +25,21 @@ def test_deterministic_for_the_same_corpus():
     first, second = build_tiny_tokenizer(corpus), build_tiny_tokenizer(list(corpus))
     assert first.get_vocab() == second.get_vocab()
     assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+
+
+def test_deterministic_across_processes(tokenizer):
+    """A restarted run rebuilds exactly the same tokenizer (Rust hash maps must not leak into merges)."""
+    script = (
+        "import hashlib; from model import get_preset, load_tokenizer; "
+        "t = load_tokenizer(get_preset('tiny')); "
+        "print(hashlib.sha256(t.backend_tokenizer.to_str().encode()).hexdigest())"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True
+    )
+    here = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    assert result.stdout.strip().splitlines()[-1] == here
 
 
 @pytest.mark.parametrize("text", TEXTS)

@@ -41,6 +41,11 @@ def test_unknown_group_is_rejected_with_the_known_ones(make_model):
         set_trainable(make_model(), ["projection", "projector"])
 
 
+def test_training_a_group_the_model_lacks_is_an_error(make_model):
+    with pytest.raises(ValueError, match="lora"):
+        set_trainable(make_model(lora=None), ["projection", "lora"], log=None)
+
+
 def test_set_trainable_logs_one_line_per_group(make_model):
     lines = []
     counts = set_trainable(make_model(), STAGE1, log=lines.append)
