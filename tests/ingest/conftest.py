@@ -7,32 +7,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import yaml
+from ingest_helpers import FAST_DOWNLOAD, SHAPES, spec_file
 
 from data_specs.sources import load_source_spec
 from tasks.ingest import ingest_source
-
-# small and quick: img2dataset's start-up (~10 s) dominates every real ingest here
-FAST_DOWNLOAD = {"processes_count": 1, "thread_count": 8, "timeout": 2, "image_size": 32}
-SHAPES = {"num_train": 60, "num_heldout": 20, "seed": 7, "canvas_size": 64, "max_shapes": 3}
-
-
-def spec_file(folder: Path, name: str = "src", **fields) -> Path:
-    """Write a source spec YAML into `folder` and return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, **fields}, sort_keys=False))
-    return path
-
-
-def url_list_file(folder: Path, rows: list[dict], name: str = "urls.parquet") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 @pytest.fixture
