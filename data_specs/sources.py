@@ -35,7 +35,11 @@ class FeatureCacheSpec(SpecModel):
 
     enabled: bool = Field(True, description="Compute the cache after ingest.")
     preset: str = Field("tiny", description="Model preset whose frozen towers produce the features.")
-    image_size: int | None = Field(None, gt=0, description="Resolution fed to the towers; default: the preset's.")
+    pretrained: bool = Field(False, description="Towers with the preset's published weights (needs the hub); "
+                             "false: random towers from `seed` (tests, demo).")
+    seed: int = Field(0, description="Seed of the random towers when pretrained is false.")
+    image_size: int | None = Field(None, gt=0, description="Resolution fed to the towers; default: the preset's. "
+                                   "Tower compute grows with its square.")
     batch_size: int = Field(64, gt=0, description="Images per forward pass; memory grows with it.")
     dtype: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="Storage and compute dtype; float16 halves the cache on disk.")

@@ -29,6 +29,8 @@ def configure_environment(home: Path) -> None:
     """
     os.environ["VLMPIPE_HOME"] = str(home)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    # Prefect's SQLite store cannot create its own folder: the server dies with "unable to open"
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     # the ephemeral server needs 15-30 s to start on 2 cores; Prefect's default gives up at 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -99,7 +99,7 @@ def test_prefect_table_artifact(fault_run):
 def test_min_success_rate_fails_with_one_line(fault_run, tmp_path):
     strict = json.loads(json.dumps(load_source_spec(fault_run["spec_path"]).model_dump(mode="json")))
     strict["min_success_rate"] = 0.9  # not a shard-shaping field: the shards are reused, nothing is fetched
-    path = spec_file(fault_run["root"], "faults", **{k: v for k, v in strict.items() if k != "name"})
+    path = spec_file(fault_run["root"] / "strict", "faults", **{k: v for k, v in strict.items() if k != "name"})
     with pytest.raises(LowSuccessRate) as err:
         ingest_source(load_source_spec(path), fault_run["root"] / "out", log=lambda _: None)
     message = str(err.value)

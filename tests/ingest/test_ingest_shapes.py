@@ -28,7 +28,7 @@ def test_manifest_counts_equal_what_the_server_served(shapes_ingest):
     assert manifest["errors"] == {} and manifest["reasons"] == {}
     assert manifest["splits"] == {"heldout": SHAPES["num_heldout"], "train": SHAPES["num_train"]}
     assert [s["urls"] for s in manifest["shards"]] == [32, 32, 16]
-    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert json.loads((out / "manifest.json").read_text())["digest"] == manifest["digest"]
     for shard in manifest["shards"]:
         tar = out / shard["path"]
         assert tar.stat().st_size == shard["bytes"]

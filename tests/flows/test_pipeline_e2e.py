@@ -1,0 +1,135 @@
+"""The whole pipeline on a miniature of the embedded default: real img2dataset from a loopback
+server, real shards, real Prefect local API, real MLflow SQLite store; then the records of both
+are read back and checked."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "data_specs"
+STAGES = ["shapes_base", "stage1_warmup", "stage2_pretrain", "stage3_instruction", "stage4_multitask"]
+
+pytestmark = pytest.mark.slow
+
+
+def mini_pipeline(folder: Path) -> Path:
+    """The demo's specs, shrunk: few images, a handful of steps per stage."""
+    source = yaml.safe_load((SPECS / "sources" / "shapes_world.yaml").read_text())
+    source["shapes_world"].update(num_train=96, num_heldout=12)
+    source["number_sample_per_shard"] = 40
+    (folder / "shapes_world.yaml").write_text(yaml.safe_dump(source))
+    for name in STAGES:
+        stage = yaml.safe_load((SPECS / "stages" / f"{name}.yaml").read_text())
+        stage["schedule"].update(steps=4, batch_size=2, warmup_steps=1)
+        stage["log_every"] = 2
+        stage["checkpoint_every"] = 0
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(stage))
+    pipe = yaml.safe_load((SPECS / "pipelines" / "shapes_demo.yaml").read_text())
+    pipe["name"] = "mini-demo"
+    pipe["sources"] = ["shapes_world.yaml"]
+    pipe["stages"] = [f"{n}.yaml" for n in STAGES]
+    pipe["evaluation"].update(max_images=6, batch_size=16)
+    pipe["tracking"] = {"experiment": "mini", "registered_model": "mini-model"}
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipe))
+    return path
+
+
+def env_for(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(VLMPIPE_HOME=str(home), PYTHONUNBUFFERED="1")
+    return env
+
+
+PREFECT_QUERY = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        flows = {f.id: f.name for f in await client.read_flows()}
+        print(json.dumps([{"flow": flows[r.flow_id], "name": r.name, "state": r.state_type.value,
+                           "start": r.start_time.isoformat() if r.start_time else None,
+                           "end": r.end_time.isoformat() if r.end_time else None} for r in runs]))
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mini")
+    home = folder / "home"
+    spec = mini_pipeline(folder)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home), "--json"],
+                          capture_output=True, text=True, cwd=ROOT, env=env_for(home), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    return home, summary
+
+
+def test_summary_has_every_stage_and_the_evaluation(pipeline_run):
+    home, summary = pipeline_run
+    assert [s["stage"] for s in summary["stages"]] == STAGES
+    for stage in summary["stages"]:
+        assert Path(stage["checkpoint"], "weights.safetensors").is_file()
+        assert stage["checkpoint"].startswith(str(home / "runs" / "mini-demo"))
+    assert len({s["checkpoint"] for s in summary["stages"]}) == len(STAGES)  # nothing overwritten
+    for name in ("vqa_accuracy", "vqa_chance", "refer_accuracy", "refer_chance", "caption_bleu4"):
+        assert 0.0 <= summary["metrics"][name] <= 1.0
+    assert summary["model_version"] == 1
+    assert (Path(summary["run_dir"]) / "resolved_config.json").is_file()
+
+
+def test_mlflow_holds_parent_nested_runs_metrics_and_registered_model(pipeline_run):
+    from mlflow.tracking import MlflowClient
+
+    home, summary = pipeline_run
+    client = MlflowClient(summary["tracking_uri"])
+    assert summary["tracking_uri"] == f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    exp = client.get_experiment_by_name("mini")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.info.run_id == summary["mlflow_run_id"]][0]
+    assert parent.info.status == "FINISHED"
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    names = sorted(r.info.run_name for r in nested)
+    assert names == sorted(["ingest-shapes_world", "evaluate"] + [f"stage-{s}" for s in STAGES])
+    for run in nested:
+        assert run.info.status == "FINISHED" and run.data.metrics, run.info.run_name
+    stage4 = [r for r in nested if r.info.run_name == "stage-stage4_multitask"][0]
+    history = client.get_metric_history(stage4.info.run_id, "loss")
+    assert [m.step for m in history] == [2, 4]
+    assert {"lr", "tokens_per_s", "data_wait_share", "peak_memory_mb"} <= set(stage4.data.metrics)
+    assert stage4.data.params["stage.name"] == "stage4_multitask"
+    ingest = [r for r in nested if r.info.run_name == "ingest-shapes_world"][0]
+    assert ingest.data.metrics["success"] == 108
+    evaluate = [r for r in nested if r.info.run_name == "evaluate"][0]
+    assert {"vqa_accuracy", "vqa_chance", "refer_accuracy", "refer_chance", "caption_bleu4"} <= set(evaluate.data.metrics)
+    assert parent.data.params["model.preset"] == "tiny"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"resolved_config.json", "specs", "model"} <= artifacts
+    versions = client.search_model_versions("name='mini-model'")
+    assert [v.run_id for v in versions] == [parent.info.run_id]
+
+
+def test_prefect_records_the_flow_runs_completed_in_dependency_order(pipeline_run):
+    home, _ = pipeline_run
+    env = env_for(home)
+    env.update(PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.run([sys.executable, "-c", PREFECT_QUERY], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(r["state"] == "COMPLETED" for r in runs), runs
+    assert [r["flow"] for r in runs].count("vlmpipe-pipeline") == 1
+    stages = sorted((r for r in runs if r["flow"] == "train-stage"), key=lambda r: r["start"])
+    assert [r["name"] for r in stages] == STAGES
+    for before, after in zip(stages, stages[1:], strict=False):
+        assert before["end"] <= after["start"], (before, after)
+    assert any(r["flow"] == "evaluate" for r in runs)
