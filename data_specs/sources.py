@@ -16,6 +16,7 @@ from data_specs.loader import SpecModel, load_spec
 
 SourceKind = Literal["shapes_world", "laion_synthetic", "cc3m", "sbu", "url_list"]
 InputFormat = Literal["parquet", "csv", "tsv", "json", "jsonl", "txt"]
+Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
 # Fields of the published formats that the converters read themselves (see tasks/ingest_convert.py).
 CONVERTED_KINDS = ("laion_synthetic", "cc3m", "sbu")
 
@@ -75,8 +76,9 @@ class SourceSpec(SpecModel):
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
         "border", description="border: fit and pad to a square; center_crop: crop to a square; no: keep as is.")
     resize_only_if_bigger: bool = Field(False, description="Never upscale small images.")
-    upscale_interpolation: str = Field("lanczos", description="cv2 interpolation for upscaling.")
-    downscale_interpolation: str = Field("area", description="cv2 interpolation for downscaling.")
+    upscale_interpolation: Interpolation = Field("lanczos", description="cv2 interpolation for upscaling.")
+    downscale_interpolation: Interpolation = Field("area", description="cv2 interpolation for downscaling "
+                                                   "(area avoids aliasing; nearest is fastest).")
     encode_format: Literal["jpg", "png", "webp"] = Field("jpg", description="jpg is smallest for photos; png is "
                                                          "lossless (exact colours) and larger.")
     encode_quality: int = Field(95, ge=0, le=100, description="jpg/webp quality 0-100; for png the zlib "
@@ -128,6 +130,11 @@ class SourceSpec(SpecModel):
         if value is not None and spec_path is not None and not value.is_absolute():
             return (Path(spec_path).parent / value).resolve()
         return value
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
     @field_validator("output_format", mode="before")
     @classmethod

@@ -94,10 +94,12 @@ class ModelPreset:
 
 _TINY = ModelPreset(
     name="tiny",
-    image_size=32,
+    # 64 px with 8 px patches: the same 64 patches as 32/4, but shapes of the shapes world are
+    # ~12 px instead of ~6, which the tiny tower learns to tell apart in far fewer steps.
+    image_size=64,
     vision_kwargs=dict(
-        image_size=32,
-        patch_size=4,
+        image_size=64,
+        patch_size=8,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,

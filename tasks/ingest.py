@@ -41,35 +41,52 @@ class LowSuccessRate(IngestError):
 def _reset_if_changed(output_dir: Path, fp: str, log: Log, name: str) -> None:
     state = read_json(output_dir / "state.json")
     shards_dir = output_dir / "shards"
-    if (state or {}).get("fingerprint") != fp and shards_dir.exists():
+    if (state or {}).get("fingerprint") != fp and (shards_dir.exists() or (output_dir / "input").exists()):
         log(f"[ingest {name}] the URL list or a shard-shaping setting changed: starting the shards afresh")
-        shutil.rmtree(shards_dir)
+        for folder in (shards_dir, output_dir / "input", output_dir / "features", output_dir / "parquet"):
+            shutil.rmtree(folder, ignore_errors=True)
         for stale in ("validated.json", MANIFEST):
             (output_dir / stale).unlink(missing_ok=True)
     write_json(output_dir / "state.json", {"fingerprint": fp})
 
 
-def _validate_all(spec: SourceSpec, shards_dir: Path, sizes: list[int], cache: ValidationCache, log: Log,
-                  with_caption: bool) -> tuple[dict[int, ShardReport], list[int]]:
-    reports, missing = {}, []
-    for shard_id, n in enumerate(sizes):
-        if not shard_files(shards_dir, shard_id)["stats"].exists():
-            missing.append(shard_id)
-            continue
-        report = cache.get(shards_dir, shard_id, n)
+class _Validator:
+    """Validates finished shards once each (results cached on disk); a bad shard is deleted so that
+    img2dataset's incremental mode redoes it."""
+
+    def __init__(self, spec: SourceSpec, shards_dir: Path, sizes: list[int], with_caption: bool, log: Log):
+        self.spec, self.shards_dir, self.sizes, self.with_caption, self.log = spec, shards_dir, sizes, with_caption, log
+        self.cache = ValidationCache(shards_dir.parent / "validated.json")
+        self.reports: dict[int, ShardReport] = {}
+        self._saved = time.time()
+
+    def check(self, shard_id: int) -> None:
+        if shard_id in self.reports or shard_id >= len(self.sizes):
+            return
+        n = self.sizes[shard_id]
+        report = self.cache.get(self.shards_dir, shard_id, n)
         if report is None:
             try:
-                report = check_shard(shards_dir, shard_id, n, spec.encode_format, with_caption, spec.validate_decode)
+                report = check_shard(self.shards_dir, shard_id, n, self.spec.encode_format, self.with_caption,
+                                     self.spec.validate_decode)
             except ShardInvalid as exc:
-                log(f"[ingest {spec.name}] shard {shard_id:05d} is invalid ({exc}): removing it to redo it")
-                remove_shard(shards_dir, shard_id)
-                cache.drop(shard_id)
-                missing.append(shard_id)
-                continue
-            cache.put(shards_dir, report)
-        reports[shard_id] = report
-    cache.save()
-    return reports, missing
+                self.log(f"[ingest {self.spec.name}] shard {shard_id:05d} is invalid ({exc}): removing it to redo it")
+                remove_shard(self.shards_dir, shard_id)
+                self.cache.drop(shard_id)
+                return
+            self.cache.put(self.shards_dir, report)
+            if time.time() - self._saved > 10:  # not after every shard: the file grows with the shards
+                self.cache.save()
+                self._saved = time.time()
+        self.reports[shard_id] = report
+
+    def sweep(self) -> list[int]:
+        """Check every shard that has stats; return the ids still missing (to download)."""
+        for shard_id in range(len(self.sizes)):
+            if shard_id not in self.reports and shard_files(self.shards_dir, shard_id)["stats"].exists():
+                self.check(shard_id)
+        self.cache.save()
+        return [i for i in range(len(self.sizes)) if i not in self.reports]
 
 
 def ingest_source(spec: SourceSpec, output_dir: str | Path, *, log: Log = print, max_rounds: int = 3,
@@ -88,7 +105,6 @@ def ingest_source(spec: SourceSpec, output_dir: str | Path, *, log: Log = print,
         raise IngestError(f"{spec.name}: distributor pyspark needs pyspark (pip install pyspark) on this machine")
     fp = fingerprint(spec)
     _reset_if_changed(output_dir, fp, log, spec.name)
-    cache = ValidationCache(output_dir / "validated.json")
     rounds: list[dict] = []
     downloaded: set[int] = set()
     with contextlib.ExitStack() as stack:
@@ -99,16 +115,17 @@ def ingest_source(spec: SourceSpec, output_dir: str | Path, *, log: Log = print,
         sizes = prepared.shard_sizes(spec.number_sample_per_shard)
         if not sizes:
             raise IngestError(f"{spec.name}: the URL list has no usable URLs")
-        reports, missing = _validate_all(spec, shards_dir, sizes, cache, log, prepared.has_caption)
+        validator = _Validator(spec, shards_dir, sizes, prepared.has_caption, log)
+        missing = validator.sweep()
         for round_no in range(1, max_rounds + 1):
             if not missing:
                 break
             log(f"[ingest {spec.name}] round {round_no}: downloading {len(missing)} of {len(sizes)} shards")
             downloaded.update(missing)
             t0 = time.time()
-            code = run_img2dataset(worker_config(spec, prepared, shards_dir), output_dir, spec.name, sizes,
-                                   log=log, progress_s=progress_s, stall_s=stall_s)
-            reports, missing_after = _validate_all(spec, shards_dir, sizes, cache, log, prepared.has_caption)
+            code = run_img2dataset(worker_config(spec, prepared, shards_dir), output_dir, spec.name, len(sizes),
+                                   log=log, on_shard=validator.check, progress_s=progress_s, stall_s=stall_s)
+            missing_after = validator.sweep()
             rounds.append({"round": round_no, "shards": len(missing), "exit_code": code,
                            "seconds": round(time.time() - t0, 2), "still_missing": len(missing_after)})
             if code != 0 and len(missing_after) >= len(missing):
@@ -120,7 +137,7 @@ def ingest_source(spec: SourceSpec, output_dir: str | Path, *, log: Log = print,
             raise IngestError(f"{spec.name}: {len(missing)} shard(s) still missing or invalid after {max_rounds} "
                               f"rounds (first: {missing[0]:05d}); log {output_dir / 'ingest.log'}: "
                               f"{log_tail(output_dir)}")
-    ordered = [reports[i] for i in range(len(sizes))]
+    ordered = [validator.reports[i] for i in range(len(sizes))]
     rates = throughput(ordered, downloaded, rounds, output_dir)
     manifest = build_manifest(spec, ordered, prepared.skipped, fp=fp,
                               throughput={**rates, "wall_s": round(time.time() - started, 2)}, rounds=rounds)

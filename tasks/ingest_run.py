@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 from data_specs.sources import SourceSpec
 from tasks.ingest_prepare import Log, PreparedInput, read_json, write_json
-from tasks.ingest_validate import shard_files
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,51 +41,93 @@ def worker_config(spec: SourceSpec, prepared: PreparedInput, shards_dir: Path) -
             "spark": spec.spark.model_dump() if spec.spark else None}
 
 
-def _progress(shards_dir: Path, sizes: list[int], since: float) -> tuple[int, int, int, float]:
-    done = urls = ok = 0
-    first = math.inf
-    for shard_id in range(len(sizes)):
-        stats = read_json(shard_files(shards_dir, shard_id)["stats"])
-        if stats:
-            done += 1
-            if stats.get("end_time", 0) >= since:
-                urls += stats["count"]
-                ok += stats["successes"]
-                first = min(first, stats.get("start_time", since))
-    return done, urls, ok, (time.time() - min(first, time.time())) or 1.0
+class Progress:
+    """Counts finished shards by their stats files (img2dataset writes them last), reading each once."""
+
+    def __init__(self, shards_dir: Path, total: int, since: float):
+        self.shards_dir, self.total, self.since = shards_dir, total, since
+        self.seen: set[str] = set()
+        self.urls = self.successes = 0
+        self.first_start = math.inf
+
+    def poll(self) -> list[int]:
+        """Shard ids whose stats appeared since the last poll."""
+        new = []
+        for path in self.shards_dir.glob("*_stats.json") if self.shards_dir.exists() else []:
+            if path.name in self.seen:
+                continue
+            stats = read_json(path)
+            if not stats:
+                continue  # still being written: next poll
+            self.seen.add(path.name)
+            new.append(int(path.name.split("_")[0]))
+            if stats.get("end_time", 0) >= self.since:  # finished by this run
+                self.urls += stats["count"]
+                self.successes += stats["successes"]
+                self.first_start = min(self.first_start, stats.get("start_time", self.since))
+        return sorted(new)
+
+    @property
+    def done(self) -> int:
+        return len(self.seen)
+
+    def line(self, name: str) -> str:
+        text = f"[ingest {name}] shards {self.done}/{self.total}"
+        if self.urls:
+            span = max(time.time() - min(self.first_start, time.time()), 1e-3)
+            text += (f"; this run {self.urls} URLs, {self.successes / self.urls:.1%} success, "
+                     f"{self.urls / span:.0f} URLs/s")
+        return text
 
 
-def run_img2dataset(config: dict, output_dir: Path, name: str, sizes: list[int], *, log: Log,
-                    progress_s: float = 10.0, stall_s: float = 3600.0) -> int:
-    """Run the worker process to the end (or until no shard finishes for `stall_s`); its exit code."""
+def run_img2dataset(config: dict, output_dir: Path, name: str, total_shards: int, *, log: Log,
+                    on_shard: Callable[[int], None] | None = None, poll_s: float = 1.0, progress_s: float = 10.0,
+                    stall_s: float = 3600.0, finish_grace_s: float = 30.0) -> int:
+    """Run the worker process to the end; its exit code.
+
+    Every `poll_s` each newly finished shard is handed to `on_shard` (validation overlaps the
+    download), and every `progress_s` a progress line is logged when it changed. Two hangs are cut
+    short by killing the process group (the next round takes over): no shard finishing for
+    `stall_s`, and a process still alive `finish_grace_s` after every shard has its stats
+    (img2dataset's pool teardown can deadlock; the shards are complete by then).
+    """
     cfg_path = output_dir / "worker_config.json"
     write_json(cfg_path, config)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))
+                                                       if p)}
     env.setdefault("WANDB_MODE", "disabled")
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import otherwise
-    shards_dir = Path(config["download"]["output_folder"])
-    started = time.time()
+    progress = Progress(Path(config["download"]["output_folder"]), total_shards, time.time())
     with open(output_dir / "ingest.log", "ab") as logfile:
         logfile.write(f"\n==== {datetime.now(timezone.utc).isoformat()} img2dataset run\n".encode())
         logfile.flush()
-        # own process group: one killpg stops img2dataset's pool and logger processes too
+        # Own process group: one killpg stops img2dataset's pool and logger processes too. Not a new
+        # session (start_new_session): with the kernel's autogroup scheduling a session is one CPU
+        # share, and the whole download would then compete as a single process.
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
         proc = subprocess.Popen([sys.executable, "-m", "tasks.ingest_worker", str(cfg_path)], cwd=output_dir,
-                                stdout=logfile, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stdout=logfile, stderr=subprocess.STDOUT, env=env, **group)
         (output_dir / "worker.pid").write_text(str(proc.pid))
-        last_line, last_change = "", time.time()
+        last_line, last_log, last_shard = "", time.time(), time.time()
         try:
             while True:
                 try:
-                    return proc.wait(timeout=progress_s)
+                    return proc.wait(timeout=poll_s)
                 except subprocess.TimeoutExpired:
                     pass
-                done, urls, ok, span = _progress(shards_dir, sizes, started)
-                line = f"[ingest {name}] shards {done}/{len(sizes)}" + (
-                    f"; this run {urls} URLs, {ok / urls:.1%} success, {urls / span:.0f} URLs/s" if urls else "")
-                if line != last_line:
-                    log(line)
-                    last_line, last_change = line, time.time()
-                elif time.time() - last_change > stall_s:
+                for shard_id in progress.poll():
+                    last_shard = time.time()
+                    if on_shard is not None:
+                        on_shard(shard_id)
+                now = time.time()
+                if now - last_log >= progress_s and progress.line(name) != last_line:
+                    last_line, last_log = progress.line(name), now
+                    log(last_line)
+                if progress.done >= total_shards and now - last_shard > finish_grace_s:
+                    log(f"[ingest {name}] every shard is written but img2dataset has not exited after "
+                        f"{finish_grace_s:.0f} s: stopping it")
+                    return 0
+                if now - last_shard > stall_s:
                     log(f"[ingest {name}] no shard finished for {stall_s:.0f} s: stopping this round")
                     return -1
         finally:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,43 +48,87 @@ def shard_files(shards_dir: Path, shard_id: int) -> dict[str, Path]:
             "stats": shards_dir / f"{name}_stats.json"}
 
 
-def sha256_file(path: Path) -> str:
+@dataclass
+class TarScan:
+    samples: dict[str, set[str]]  # key -> extensions
+    sha256: str
+    picked: list[tuple[str, bytes]]  # (member name, bytes) chosen for decoding
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def _octal(field: bytes) -> int:
+    text = field.strip(b"\0 ")
+    return int(text, 8) if text else 0
+
+
+def scan_tar(path: Path, pick: Callable[[str, int], bool] | None = None) -> TarScan:
+    """Read a tar once: every header (checksum checked), the sha256 of the whole file, and the bytes
+    of the members for which `pick(name, index among members with that extension)` is true.
+
+    Python's tarfile takes ~0.4 ms per sample on webdataset's pax headers; this single pass is
+    several times faster and finds the same truncation or corruption.
+    """
     digest = hashlib.sha256()
+    samples: dict[str, set[str]] = {}
+    picked: list[tuple[str, bytes]] = []
+    seen: Counter[str] = Counter()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+
+        def read(n: int, where: str) -> bytes:
+            data = f.read(n)
+            digest.update(data)
+            if len(data) < n:
+                raise ShardInvalid(f"tar is truncated ({where})")
+            return data
+
+        long_name = None
+        while True:
+            block = f.read(512)
             digest.update(block)
-    return digest.hexdigest()
+            if len(block) < 512:
+                raise ShardInvalid("tar is truncated (no end-of-archive marker)")
+            if block == _ZERO_BLOCK:
+                digest.update(f.read())  # the second end block and the record padding
+                break
+            if _octal(block[148:156]) != sum(block[:148]) + 256 + sum(block[156:]):
+                raise ShardInvalid("tar header checksum mismatch (corrupt bytes)")
+            size, kind = _octal(block[124:136]), block[156:157]
+            body = read(size, "inside a member")
+            read(-size % 512, "inside a member's padding")
+            if kind == b"x":  # pax header of the next member: it may carry the long name
+                for record in body.decode("utf-8", "replace").splitlines():
+                    if record.partition(" ")[2].startswith("path="):
+                        long_name = record.partition(" ")[2][5:]
+                continue
+            name = long_name or _ustar_name(block)
+            long_name = None
+            if kind not in (b"0", b"\0"):
+                continue  # directories, links, global headers: not samples
+            key, _, ext = name.rpartition("/")[2].partition(".")
+            samples.setdefault(key, set()).add(ext)
+            if pick is not None and pick(name, seen[ext]):
+                picked.append((name, body))
+            seen[ext] += 1
+    return TarScan(samples, digest.hexdigest(), picked)
 
 
-def _tar_samples(tar_path: Path) -> dict[str, dict[str, bytes | None]]:
-    """key -> {extension: None}; reading every header to the end finds a truncated tar."""
-    samples: dict[str, dict[str, bytes | None]] = {}
+def _ustar_name(block: bytes) -> str:
+    name = block[:100].split(b"\0")[0].decode("utf-8", "replace")
+    prefix = block[345:500].split(b"\0")[0].decode("utf-8", "replace") if block[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _decode(name: str, data: bytes) -> None:
     try:
-        with tarfile.open(tar_path, "r") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
-                samples.setdefault(key, {})[ext] = None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ShardInvalid(f"tar does not read to the end ({exc})") from None
-    return samples
-
-
-def _decode_some(tar_path: Path, keys: list[str], image_ext: str) -> None:
-    wanted = {f"{k}.{image_ext}" for k in keys} | {f"{k}.json" for k in keys}
-    with tarfile.open(tar_path, "r") as tar:
-        for member in tar:
-            if member.name in wanted:
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                try:
-                    if member.name.endswith(".json"):
-                        json.loads(data)
-                    else:
-                        with Image.open(io.BytesIO(data)) as im:
-                            im.load()
-                except Exception as exc:  # noqa: BLE001 (any decode failure condemns the shard)
-                    raise ShardInvalid(f"{member.name} does not decode ({exc})") from None
+        if name.endswith(".json"):
+            json.loads(data)
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+    except Exception as exc:  # noqa: BLE001 (any decode failure condemns the shard)
+        raise ShardInvalid(f"{name} does not decode ({exc})") from None
 
 
 def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: str, with_caption: bool,
@@ -100,15 +144,30 @@ def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: 
         raise ShardInvalid(f"stats do not parse ({exc})") from None
     if stats.get("count") != expected_urls:
         raise ShardInvalid(f"stats count {stats.get('count')} but the shard has {expected_urls} URLs")
-    samples = _tar_samples(files["tar"])
-    if len(samples) != stats["successes"]:
-        raise ShardInvalid(f"tar holds {len(samples)} samples but stats say {stats['successes']} successes")
+    successes = stats["successes"]
+    step = max(1, successes // decode) if decode else 0
+    wanted = {image_ext, "json"}
+
+    def pick(name: str, index: int) -> bool:
+        return bool(step) and name.rpartition(".")[2] in wanted and index % step == 0 and index // step < decode
+
+    try:
+        scan = scan_tar(files["tar"], pick)
+    except OSError as exc:
+        raise ShardInvalid(f"tar does not read ({exc})") from None
+    samples = scan.samples
+    if len(samples) != successes:
+        raise ShardInvalid(f"tar holds {len(samples)} samples but stats say {successes} successes")
     needed = {image_ext, "json"} | ({"txt"} if with_caption else set())
     for key, exts in samples.items():
-        if not needed <= exts.keys():
-            raise ShardInvalid(f"sample {key} lacks {', '.join(sorted(needed - exts.keys()))}")
+        if not needed <= exts:
+            raise ShardInvalid(f"sample {key} lacks {', '.join(sorted(needed - exts))}")
+    for name, data in scan.picked:
+        _decode(name, data)
     try:
-        meta = pq.read_table(files["meta"]).to_pydict()
+        names = pq.ParquetFile(files["meta"]).schema_arrow.names
+        meta = pq.read_table(files["meta"], columns=[c for c in ("status", "error_message", "split")
+                                                      if c in names]).to_pydict()
     except Exception as exc:  # noqa: BLE001 (pyarrow raises several types for a bad file)
         raise ShardInvalid(f"metadata parquet does not read ({exc})") from None
     status = meta.get("status", [])
@@ -122,14 +181,10 @@ def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: 
             errors.setdefault(st or "unknown", Counter())[msg or "unknown"] += 1
     split_col = meta.get("split", ["train"] * len(status))
     splits = Counter(sp or "train" for st, sp in zip(status, split_col, strict=True) if st == "success")
-    keys = sorted(samples)
-    if decode and keys:
-        step = max(1, len(keys) // decode)
-        _decode_some(files["tar"], keys[::step][:decode], image_ext)
     return ShardReport(
         shard_id=shard_id, urls=expected_urls, samples=stats["successes"],
         failed_to_download=stats["failed_to_download"], failed_to_resize=stats["failed_to_resize"],
-        tar_bytes=files["tar"].stat().st_size, sha256=sha256_file(files["tar"]),
+        tar_bytes=files["tar"].stat().st_size, sha256=scan.sha256,
         errors={k: dict(v) for k, v in errors.items()}, splits=dict(splits),
         duration_s=float(stats.get("duration", 0.0)),
     )

@@ -7,30 +7,35 @@ a notebook), and lets the caller stop the whole download by killing one process 
 
 from __future__ import annotations
 
-import ctypes
 import json
-import signal
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies.
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """Exit when the parent process dies (this process is then re-parented).
 
     Runs at import, so img2dataset's spawned children (which import this module as `__mp_main__`)
     get it too: a killed ingest then leaves no orphan still writing into a shard that the next run
-    redoes. Elsewhere than Linux it is a no-op and the caller's process-group kill does the job.
+    redoes. Linux's PR_SET_PDEATHSIG would be simpler but fires when the parent *thread* ends, and
+    multiprocessing.Pool starts replacement workers from a helper thread that ends in terminate():
+    the signal then kills an idle worker holding the task queue's lock and terminate() deadlocks.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-_die_with_parent()
+_exit_with_parent()
 
 
 def _spark_session(spark: dict) -> object:

@@ -94,3 +94,15 @@ def test_corrupt_and_missing_shards_are_found_and_redone(shapes_ingest, tmp_path
     assert manifest["shards"][0]["sha256"] == before[0]["sha256"]
     assert manifest["totals"]["success"] == N and manifest["loopback_served"] == {"ok": 48}
     assert len(list(read_records(out))) == N
+
+
+def test_a_changed_shard_shaping_setting_starts_afresh(shapes_ingest, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(shapes_ingest["dir"], out)
+    regrouped = shapes_ingest["spec"].model_copy(update={"number_sample_per_shard": 40})
+    lines: list[str] = []
+    manifest = ingest_source(regrouped, out, log=lines.append)
+    assert any("starting the shards afresh" in line for line in lines)
+    assert [s["urls"] for s in manifest["shards"]] == [40, 40]
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["00000.tar", "00001.tar"]
+    assert [r["key"] for r in read_records(out)] == [s.key for s in sw.generate_scenes(**SHAPES)]

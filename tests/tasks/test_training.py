@@ -1,0 +1,78 @@
+"""Training stages: losses fall, checkpoints chain, a killed stage resumes to the same weights."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_specs.pipelines import ModelSpec
+from data_specs.stages import load_stage_spec
+from tasks.training import lr_at, train_stage
+
+SPECS = Path(__file__).resolve().parents[2] / "data_specs" / "stages"
+MODEL = ModelSpec(preset="tiny", seed=0)
+
+
+def small(name: str, steps: int, **schedule):
+    stage = load_stage_spec(SPECS / f"{name}.yaml")
+    stage.schedule.steps = steps
+    stage.schedule.batch_size = 2
+    stage.schedule.warmup_steps = 1
+    for key, value in schedule.items():
+        setattr(stage.schedule, key, value)
+    stage.log_every = 1
+    return stage
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    s = small("stage4_multitask", 100, warmup_steps=10, lr=1e-3, min_lr=1e-4, warmup_lr=1e-6)
+    assert lr_at(0, s.schedule) == pytest.approx(1e-6)
+    assert lr_at(10, s.schedule) == pytest.approx(1e-3)
+    assert lr_at(100, s.schedule) == pytest.approx(1e-4)
+    assert all(lr_at(i, s.schedule) >= lr_at(i + 1, s.schedule) for i in range(10, 100))
+
+
+def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
+    base = train_stage(small("shapes_base", 30, lr=3e-3), MODEL, data_dirs=shapes_source,
+                       output_dir=tmp_path / "base", log=quiet)
+    assert base["loss_end"] < base["loss_start"] * 0.7
+    stage1 = load_stage_spec(SPECS / "stage1_warmup.yaml")
+    stage1.schedule.steps, stage1.schedule.batch_size = 3, 2
+    # stage 1 from a fresh model: its checkpoint holds its trainable groups and nothing else
+    out = train_stage(stage1, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "s1", log=quiet)
+    names = load_file(Path(out["checkpoint"]) / "weights.safetensors").keys()
+    assert names and not any(n.startswith(("vision.", "qformer.")) for n in names)
+    assert not any("lora_" in n for n in names)
+    # from the base checkpoint: the base's groups are carried on, so stage 2 can start from stage 1
+    chained = train_stage(stage1, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "s1b",
+                          init_checkpoint=base["checkpoint"], log=quiet)
+    weights = load_file(Path(chained["checkpoint"]) / "weights.safetensors")
+    base_weights = load_file(Path(base["checkpoint"]) / "weights.safetensors")
+    vision = [n for n in base_weights if n.startswith("vision.")]
+    assert vision and all(torch.equal(weights[n], base_weights[n]) for n in vision)  # frozen, carried
+    proj = [n for n in base_weights if n.startswith("projection.")]
+    assert any(not torch.equal(weights[n], base_weights[n]) for n in proj)  # trained
+
+
+def test_killed_stage_resumes_to_the_same_weights(tmp_path, shapes_source):
+    stage = small("stage4_multitask", 6)
+    stage.checkpoint_every = 2
+    full = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "full", log=quiet)
+    part = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet, max_steps=3)
+    assert part["checkpoint"] is None and Path(part["resume"]).is_dir()
+    messages = []
+    resumed = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=messages.append)
+    assert any("resuming at step 3" in m for m in messages)
+    a = load_file(Path(full["checkpoint"]) / "weights.safetensors")
+    b = load_file(Path(resumed["checkpoint"]) / "weights.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert not (tmp_path / "part" / "resume").exists()
+    again = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet)
+    assert again["skipped"] is True
