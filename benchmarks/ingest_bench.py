@@ -29,17 +29,42 @@ from tasks.ingest_server import FaultServer, fault_url_rows  # noqa: E402
 
 def settings(args: argparse.Namespace) -> dict:
     """The img2dataset knobs both contenders use."""
-    return {"image_size": args.image_size, "resize_mode": "border", "encode_format": "jpg", "encode_quality": 95,
-            "processes_count": args.processes, "thread_count": args.threads,
-            "number_sample_per_shard": args.per_shard, "timeout": 10, "retries": 0, "compute_hash": "sha256",
-            "extract_exif": False}
+    return {
+        "image_size": args.image_size,
+        "resize_mode": "border",
+        "encode_format": "jpg",
+        "encode_quality": 95,
+        "processes_count": args.processes,
+        "thread_count": args.threads,
+        "number_sample_per_shard": args.per_shard,
+        "timeout": 10,
+        "retries": 0,
+        "compute_hash": "sha256",
+        "extract_exif": False,
+    }
 
 
 def run_plain(url_list: Path, out: Path, knobs: dict) -> float:
     """img2dataset's own command line, as its users run it; returns wall seconds."""
-    cmd = [sys.executable, "-c", "from img2dataset.main import main; main()", "--url_list", str(url_list),
-           "--input_format", "parquet", "--url_col", "url", "--caption_col", "caption", "--output_format",
-           "webdataset", "--output_folder", str(out), "--enable_wandb", "False"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from img2dataset.main import main; main()",
+        "--url_list",
+        str(url_list),
+        "--input_format",
+        "parquet",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "caption",
+        "--output_format",
+        "webdataset",
+        "--output_folder",
+        str(out),
+        "--enable_wandb",
+        "False",
+    ]
     for key, value in knobs.items():
         cmd += [f"--{key}", str(value)]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -62,7 +87,9 @@ def run_vlmpipe(spec_path: Path, out: Path, mode: str, tracking_uri: str | None)
     if mode == "task":
         ingest_source(load_source_spec(spec_path), out, log=lambda _: None)
     else:
-        tracking = start_run("ingest-bench", out.name, tracking_uri=tracking_uri).handle() if tracking_uri else None
+        tracking = (
+            start_run("ingest-bench", out.name, tracking_uri=tracking_uri).handle() if tracking_uri else None
+        )
         ingest_flow(str(spec_path), str(out), tracking=tracking)
     return time.perf_counter() - t0
 
@@ -93,35 +120,55 @@ def main() -> int:
         url_list = work / "urls.parquet"
         pq.write_table(pa.Table.from_pylist(rows), url_list)
         spec_path = work / "bench.yaml"
-        spec_path.write_text(yaml.safe_dump({"name": "bench", "kind": "url_list", "url_list": str(url_list),
-                                             "input_format": "parquet", "min_success_rate": 1.0, **knobs}))
+        spec_path.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "bench",
+                    "kind": "url_list",
+                    "url_list": str(url_list),
+                    "input_format": "parquet",
+                    "min_success_rate": 1.0,
+                    **knobs,
+                }
+            )
+        )
         if args.flow:
             # a deployment talks to a running API: the first flow run starts Prefect's local server
             # (15-30 s here), which is not part of an ingest, so it is left out of the timing
             t0 = time.perf_counter()
             run_vlmpipe(spec_path, work / "warmup", "flow", None)
-            print(f"  (Prefect API start-up and a warm-up flow run: {time.perf_counter() - t0:.0f} s, not timed)")
+            print(
+                f"  (Prefect API start-up and a warm-up flow run: {time.perf_counter() - t0:.0f} s, not timed)"
+            )
         tracking_uri = f"sqlite:///{work / 'mlflow.db'}" if args.mlflow else None
         names = list(times)
         for i in range(args.repeats):
             # rotate the order each repeat so drift (caches, thermals) does not favour one contender
-            for name in names[i % len(names):] + names[: i % len(names)]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 out = work / f"{name}-{i}"
                 if name == "img2dataset":
                     seconds = run_plain(url_list, out, knobs)
                 else:
-                    seconds = run_vlmpipe(spec_path, out, "task" if name == "ingest_source" else "flow",
-                                          tracking_uri)
+                    seconds = run_vlmpipe(
+                        spec_path, out, "task" if name == "ingest_source" else "flow", tracking_uri
+                    )
                 times[name].append(seconds)
-                print(f"  run {i + 1} {name:<14} {seconds:6.1f} s  {args.images / seconds:7.1f} images/s", flush=True)
+                print(
+                    f"  run {i + 1} {name:<14} {seconds:6.1f} s  {args.images / seconds:7.1f} images/s",
+                    flush=True,
+                )
                 shutil.rmtree(out, ignore_errors=True)
     base = statistics.median(times["img2dataset"])
-    print(f"\n{args.images} images of {args.source_px} px -> {args.image_size} px, {args.processes} processes x "
-          f"{args.threads} threads, {args.per_shard} per shard, median of {args.repeats}")
+    print(
+        f"\n{args.images} images of {args.source_px} px -> {args.image_size} px, {args.processes} processes x "
+        f"{args.threads} threads, {args.per_shard} per shard, median of {args.repeats}"
+    )
     for name, values in times.items():
         seconds = statistics.median(values)
-        print(f"{name:<14} {args.images / seconds:7.1f} images/s  ({seconds:5.1f} s)  ratio to img2dataset "
-              f"{base / seconds:5.3f}  overhead {100 * (seconds / base - 1):+5.1f}%")
+        print(
+            f"{name:<14} {args.images / seconds:7.1f} images/s  ({seconds:5.1f} s)  ratio to img2dataset "
+            f"{base / seconds:5.3f}  overhead {100 * (seconds / base - 1):+5.1f}%"
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -1,8 +1,6 @@
-"""Typed source specs: where an image-text source's URL list lives, how to read it, and how
-img2dataset should download it. Knobs carry img2dataset's own parameter names and meanings.
-
-Loaded from `data_specs/sources/*.yaml`; `vlmpipe ingest SPEC` runs one, `vlmpipe spec validate`
-checks one.
+"""Typed source specs (data_specs/sources/*.yaml): where an image-text source's URL list lives,
+how to read it, and how img2dataset downloads it; knobs carry img2dataset's own parameter names.
+`vlmpipe ingest SPEC` runs one, `vlmpipe spec validate SPEC` checks one.
 """
 
 from __future__ import annotations
@@ -36,14 +34,22 @@ class FeatureCacheSpec(SpecModel):
 
     enabled: bool = Field(True, description="Compute the cache after ingest.")
     preset: str = Field("tiny", description="Model preset whose frozen towers produce the features.")
-    pretrained: bool = Field(False, description="Towers with the preset's published weights (needs the hub); "
-                             "false: random towers from `seed` (tests, demo).")
+    pretrained: bool = Field(
+        False,
+        description="Towers with the preset's published weights (needs the hub); "
+        "false: random towers from `seed` (tests, demo).",
+    )
     seed: int = Field(0, description="Seed of the random towers when pretrained is false.")
-    image_size: int | None = Field(None, gt=0, description="Resolution fed to the towers; default: the preset's. "
-                                   "Tower compute grows with its square.")
+    image_size: int | None = Field(
+        None,
+        gt=0,
+        description="Resolution fed to the towers; default: the preset's. "
+        "Tower compute grows with its square.",
+    )
     batch_size: int = Field(64, gt=0, description="Images per forward pass; memory grows with it.")
     dtype: Literal["float16", "bfloat16", "float32"] = Field(
-        "float16", description="Storage and compute dtype; float16 halves the cache on disk.")
+        "float16", description="Storage and compute dtype; float16 halves the cache on disk."
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda'.")
 
 
@@ -57,69 +63,114 @@ class SparkSpec(SpecModel):
 class SourceSpec(SpecModel):
     """One image-text source and how to download it."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="Identifier; pipelines and stages refer to it.")
-    kind: SourceKind = Field(description="shapes_world (embedded), laion_synthetic (BLIP JSON list), cc3m (TSV "
-                             "caption<TAB>url), sbu (JSON of image_urls/captions) or url_list (named columns).")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]*$", description="Identifier; pipelines and stages refer to it."
+    )
+    kind: SourceKind = Field(
+        description="shapes_world (embedded), laion_synthetic (BLIP JSON list), cc3m (TSV "
+        "caption<TAB>url), sbu (JSON of image_urls/captions) or url_list (named columns)."
+    )
     description: str = Field("", description="Free text for people.")
     shapes_world: ShapesWorldSpec | None = Field(None, description="Required iff kind is shapes_world.")
 
     # where the URLs are (img2dataset names)
-    url_list: Path | None = Field(None, description="File (or folder of files) with the URLs; relative to this "
-                                  "spec's folder. Not used by shapes_world.")
+    url_list: Path | None = Field(
+        None,
+        description="File (or folder of files) with the URLs; relative to this "
+        "spec's folder. Not used by shapes_world.",
+    )
     input_format: InputFormat | None = Field(None, description="Format of url_list for kind url_list.")
     url_col: str = Field("url", description="Column with the URL (url_list kind).")
     caption_col: str | None = Field("caption", description="Column with the caption; null for none.")
     save_additional_columns: list[str] = Field([], description="Columns copied into every sample's .json.")
 
     # how images are written
-    image_size: int = Field(256, gt=0, description="Target side in pixels; disk and decode time grow with its square.")
+    image_size: int = Field(
+        256, gt=0, description="Target side in pixels; disk and decode time grow with its square."
+    )
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
-        "border", description="border: fit and pad to a square; center_crop: crop to a square; no: keep as is.")
+        "border",
+        description="border: fit and pad to a square; center_crop: crop to a square; no: keep as is.",
+    )
     resize_only_if_bigger: bool = Field(False, description="Never upscale small images.")
     upscale_interpolation: Interpolation = Field("lanczos", description="cv2 interpolation for upscaling.")
-    downscale_interpolation: Interpolation = Field("area", description="cv2 interpolation for downscaling "
-                                                   "(area avoids aliasing; nearest is fastest).")
-    encode_format: Literal["jpg", "png", "webp"] = Field("jpg", description="jpg is smallest for photos; png is "
-                                                         "lossless (exact colours) and larger.")
-    encode_quality: int = Field(95, ge=0, le=100, description="jpg/webp quality 0-100; for png the zlib "
-                                "compression level 0-9 (higher: smaller files, more CPU).")
+    downscale_interpolation: Interpolation = Field(
+        "area", description="cv2 interpolation for downscaling (area avoids aliasing; nearest is fastest)."
+    )
+    encode_format: Literal["jpg", "png", "webp"] = Field(
+        "jpg", description="jpg is smallest for photos; png is lossless (exact colours) and larger."
+    )
+    encode_quality: int = Field(
+        95,
+        ge=0,
+        le=100,
+        description="jpg/webp quality 0-100; for png the zlib "
+        "compression level 0-9 (higher: smaller files, more CPU).",
+    )
     skip_reencode: bool = Field(False, description="Keep the original bytes when no resize is needed.")
     extract_exif: bool = Field(False, description="Store EXIF in the metadata (costs CPU per image).")
     compute_hash: Literal["md5", "sha256", "sha512"] | None = Field(
-        "sha256", description="Hash of the downloaded bytes stored per sample (dedup, provenance).")
+        "sha256", description="Hash of the downloaded bytes stored per sample (dedup, provenance)."
+    )
 
     # how the download runs
     processes_count: int = Field(2, ge=1, description="Download processes; about one per CPU core.")
-    thread_count: int = Field(64, ge=1, description="Threads per process; latency-bound downloads want many "
-                              "(LAION runs use 64-256), each holds one image in memory.")
-    number_sample_per_shard: int = Field(10000, ge=1, description="URLs per shard; a shard is the unit of "
-                                         "resume and retry, smaller shards lose less on a crash.")
+    thread_count: int = Field(
+        64,
+        ge=1,
+        description="Threads per process; latency-bound downloads want many "
+        "(LAION runs use 64-256), each holds one image in memory.",
+    )
+    number_sample_per_shard: int = Field(
+        10000,
+        ge=1,
+        description="URLs per shard; a shard is the unit of "
+        "resume and retry, smaller shards lose less on a crash.",
+    )
     timeout: float = Field(10, gt=0, description="Seconds per HTTP request before it counts as failed.")
     retries: int = Field(0, ge=0, description="Extra attempts per failed URL; each costs up to `timeout`.")
     max_shard_retry: int = Field(1, ge=0, description="Times img2dataset retries a shard that crashed.")
-    user_agent_token: str | None = Field("vlmpipe", description="Token added to the User-Agent; the token "
-                                         "X-Robots-Tag directives are matched against.")
+    user_agent_token: str | None = Field(
+        "vlmpipe",
+        description="Token added to the User-Agent; the token X-Robots-Tag directives are matched against.",
+    )
     disallowed_header_directives: list[str] = Field(
         ["noai", "noimageai", "noindex", "noimageindex"],
-        description="X-Robots-Tag directives that make an image unusable (counted, not downloaded).")
+        description="X-Robots-Tag directives that make an image unusable (counted, not downloaded).",
+    )
     min_image_size: int = Field(0, ge=0, description="Drop images whose smaller side is below this.")
-    max_image_area: float | None = Field(None, gt=0, description="Drop images with more pixels than this "
-                                         "(decompression bombs); null: no limit.")
-    max_aspect_ratio: float | None = Field(None, gt=0, description="Drop images longer/shorter above this; "
-                                           "null: no limit.")
-    reject_truncated: bool = Field(True, description="Count JPEGs cut short in transfer as 'truncated image' "
-                                   "(some decoders pass them with grey rows, others call them non-images).")
+    max_image_area: float | None = Field(
+        None,
+        gt=0,
+        description="Drop images with more pixels than this (decompression bombs); null: no limit.",
+    )
+    max_aspect_ratio: float | None = Field(
+        None, gt=0, description="Drop images longer/shorter above this; null: no limit."
+    )
+    reject_truncated: bool = Field(
+        True,
+        description="Count JPEGs cut short in transfer as 'truncated image' "
+        "(some decoders pass them with grey rows, others call them non-images).",
+    )
     output_format: list[Literal["webdataset", "parquet"]] = Field(
-        ["webdataset"], description="webdataset tars (always); add parquet for img2dataset's parquet output "
-        "(images inside parquet) too, written from the validated tars.")
+        ["webdataset"],
+        description="webdataset tars (always); add parquet for img2dataset's parquet output "
+        "(images inside parquet) too, written from the validated tars.",
+    )
     distributor: Literal["multiprocessing", "pyspark"] = Field(
-        "multiprocessing", description="multiprocessing: this machine; pyspark: a Spark cluster (see spark).")
+        "multiprocessing", description="multiprocessing: this machine; pyspark: a Spark cluster (see spark)."
+    )
     subjob_size: int = Field(1000, ge=1, description="Shards per Spark job (pyspark only).")
     spark: SparkSpec | None = Field(None, description="Spark session settings for distributor pyspark.")
 
     # what the ingest checks
-    min_success_rate: float = Field(0.5, ge=0, le=1, description="Fail the ingest when fewer URLs than this "
-                                    "share gave an image (a fresh CC12M gets 0.62-0.64).")
+    min_success_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Fail the ingest when fewer URLs than this "
+        "share gave an image (a fresh CC12M gets 0.62-0.64).",
+    )
     validate_decode: int = Field(8, ge=0, description="Images per shard decoded by the validation.")
     feature_cache: FeatureCacheSpec | None = Field(None, description="Optional frozen-feature cache.")
 
@@ -152,7 +203,9 @@ class SourceSpec(SpecModel):
     # SpecModel validates defaults), so an error names the field to fix, not "(top level)".
     @field_validator("shapes_world")
     @classmethod
-    def _shapes_world_iff_kind(cls, value: ShapesWorldSpec | None, info: ValidationInfo) -> ShapesWorldSpec | None:
+    def _shapes_world_iff_kind(
+        cls, value: ShapesWorldSpec | None, info: ValidationInfo
+    ) -> ShapesWorldSpec | None:
         kind = info.data.get("kind")
         if kind == "shapes_world" and value is None:
             raise ValueError("kind shapes_world needs this block (num_train, num_heldout, seed, ...)")
@@ -196,15 +249,34 @@ class SourceSpec(SpecModel):
 
     def img2dataset_options(self) -> dict[str, Any]:
         """The knobs that go to img2dataset.download unchanged."""
-        names = ("image_size", "resize_mode", "resize_only_if_bigger", "upscale_interpolation",
-                 "downscale_interpolation", "encode_format", "encode_quality", "skip_reencode", "extract_exif",
-                 "compute_hash", "processes_count", "thread_count", "number_sample_per_shard", "timeout",
-                 "retries", "max_shard_retry", "user_agent_token", "min_image_size", "subjob_size")
+        names = (
+            "image_size",
+            "resize_mode",
+            "resize_only_if_bigger",
+            "upscale_interpolation",
+            "downscale_interpolation",
+            "encode_format",
+            "encode_quality",
+            "skip_reencode",
+            "extract_exif",
+            "compute_hash",
+            "processes_count",
+            "thread_count",
+            "number_sample_per_shard",
+            "timeout",
+            "retries",
+            "max_shard_retry",
+            "user_agent_token",
+            "min_image_size",
+            "subjob_size",
+        )
         options: dict[str, Any] = {n: getattr(self, n) for n in names}
         # img2dataset reads an empty list as "check no directive" (and None as its own default list)
         options["disallowed_header_directives"] = list(self.disallowed_header_directives)
         options["max_image_area"] = self.max_image_area if self.max_image_area is not None else float("inf")
-        options["max_aspect_ratio"] = self.max_aspect_ratio if self.max_aspect_ratio is not None else float("inf")
+        options["max_aspect_ratio"] = (
+            self.max_aspect_ratio if self.max_aspect_ratio is not None else float("inf")
+        )
         options["distributor"] = self.distributor
         return options
 

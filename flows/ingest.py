@@ -42,9 +42,11 @@ def publish_task(output_dir: str) -> None:
     create_table_artifact(
         table=ingest_report.table_rows(manifest),
         key=f"ingest-{manifest['source']}".replace("_", "-").lower(),
-        description=(f"**{manifest['source']}**: {t['success']} of {t['urls']} images ({t['success_rate']:.1%}) in "
-                     f"{len(manifest['shards'])} shards, {t['bytes'] / 1e6:.1f} MB. Manifest: "
-                     f"`{Path(output_dir) / 'manifest.json'}`"),
+        description=(
+            f"**{manifest['source']}**: {t['success']} of {t['urls']} images ({t['success_rate']:.1%}) in "
+            f"{len(manifest['shards'])} shards, {t['bytes'] / 1e6:.1f} MB. Manifest: "
+            f"`{Path(output_dir) / 'manifest.json'}`"
+        ),
     )
 
 
@@ -105,7 +107,9 @@ def cli_ingest(args: argparse.Namespace) -> int:
     """Run one source's ingest flow; print the summary (as JSON with --json). SpecError propagates
     (the CLI turns it into one line and exit status 2)."""
     spec = load_source_spec(args.source_spec)
-    output = Path(args.output).resolve() if args.output else default_output(spec.name, getattr(args, "home", None))
+    output = (
+        Path(args.output).resolve() if args.output else default_output(spec.name, getattr(args, "home", None))
+    )
     spec_path = str(Path(args.source_spec).resolve())
     try:
         if getattr(args, "no_mlflow", False):
@@ -121,8 +125,10 @@ def cli_ingest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        print(f"{result['source']}: {result['samples']} of {result['urls']} images "
-              f"({result['success_rate']:.1%}) in {result['shards']} shards -> {result['output_dir']}")
+        print(
+            f"{result['source']}: {result['samples']} of {result['urls']} images "
+            f"({result['success_rate']:.1%}) in {result['shards']} shards -> {result['output_dir']}"
+        )
         for message, n in result["errors"].items():
             print(f"  {n:>8}  {message}")
     return 0
@@ -130,9 +136,12 @@ def cli_ingest(args: argparse.Namespace) -> int:
 
 def add_ingest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `vlmpipe ingest` on the CLI's subparsers."""
-    p = subparsers.add_parser("ingest", help="download one source spec into validated webdataset shards",
-                              description="Download one source into validated shards with a manifest; a rerun "
-                              "resumes where a killed run stopped.")
+    p = subparsers.add_parser(
+        "ingest",
+        help="download one source spec into validated webdataset shards",
+        description="Download one source into validated shards with a manifest; a rerun "
+        "resumes where a killed run stopped.",
+    )
     p.add_argument("source_spec", help="source spec YAML (data_specs/sources/*.yaml)")
     p.add_argument("--output", help="output folder (default <home>/data/<source name>)")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")

@@ -1,8 +1,6 @@
-"""Checks on downloaded bytes that img2dataset does not make, applied inside its resize step.
-
-A JPEG cut short in transfer is either passed as good with grey rows (decoder builds that only warn)
-or, with the OpenCV here (4.14), rejected as "Image decoding error", the same words as for HTML
-bytes. `StrictResizer` makes truncation its own counted reason on every build.
+"""Checks on downloaded bytes that img2dataset does not make, applied inside its resize step: a
+JPEG cut short in transfer passes as good with grey rows on some decoder builds, and on the OpenCV
+here (4.14) reads "Image decoding error" like HTML bytes; it becomes its own counted reason.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Turn each published URL-list format into img2dataset's input: parquet with `url`, `caption` and
-any extra columns, streamed in batches so a multi-GB list never sits in memory whole.
-
-Formats: BLIP's LAION/CC/SBU synthetic-caption JSON (a list of {"url", "caption"}), CC3M's TSV
-(caption<TAB>url, no header), SBU's JSON ({"image_urls": [...], "captions": [...]}), and any
-parquet/CSV/TSV/JSON/JSONL/TXT list with named columns.
+"""Turn each published URL-list format into img2dataset's input (parquet: url, caption, extras),
+streamed in batches: BLIP's synthetic-caption JSON list of {url, caption}, CC3M's TSV (caption<TAB>url,
+no header), SBU's JSON ({image_urls, captions}), and any parquet/CSV/TSV/JSON/JSONL/TXT list.
 """
 
 from __future__ import annotations
@@ -99,8 +96,9 @@ def sbu_rows(path: Path) -> Iterator[Row]:
         yield {"url": url, "caption": caption}
 
 
-def table_rows(path: Path, input_format: str, url_col: str, caption_col: str | None,
-               extra: Iterable[str] = ()) -> Iterator[Row]:
+def table_rows(
+    path: Path, input_format: str, url_col: str, caption_col: str | None, extra: Iterable[str] = ()
+) -> Iterator[Row]:
     """Any URL list with named columns (img2dataset's input formats)."""
     wanted = {url_col: "url", **({caption_col: "caption"} if caption_col else {}), **{c: c for c in extra}}
     if input_format == "txt":
@@ -114,7 +112,9 @@ def table_rows(path: Path, input_format: str, url_col: str, caption_col: str | N
     elif input_format == "jsonl":
         items = (json.loads(line) for line in open(path, encoding="utf-8") if line.strip())
     else:
-        items = (row for batch in _arrow_batches(path, input_format, list(wanted)) for row in batch.to_pylist())
+        items = (
+            row for batch in _arrow_batches(path, input_format, list(wanted)) for row in batch.to_pylist()
+        )
     for item in items:
         missing = [c for c in wanted if c not in item]
         if missing:
@@ -161,7 +161,9 @@ def write_rows(rows: Iterable[Row], out: Path, columns: list[str]) -> ConvertRes
                 continue
             for c in columns:
                 value = row.get(c)
-                batch[c].append(None if value is None and c != "caption" else str(value if value is not None else ""))
+                batch[c].append(
+                    None if value is None and c != "caption" else str(value if value is not None else "")
+                )
             result.rows += 1
             if len(batch["url"]) >= BATCH_ROWS:
                 flush(writer)
@@ -170,8 +172,14 @@ def write_rows(rows: Iterable[Row], out: Path, columns: list[str]) -> ConvertRes
     return result
 
 
-def source_rows(kind: str, path: Path, input_format: str | None = None, url_col: str = "url",
-                caption_col: str | None = "caption", extra: Iterable[str] = ()) -> Iterator[Row]:
+def source_rows(
+    kind: str,
+    path: Path,
+    input_format: str | None = None,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+    extra: Iterable[str] = (),
+) -> Iterator[Row]:
     """Rows of one input file of a source of `kind`."""
     if kind == "laion_synthetic":
         return laion_synthetic_rows(path)

@@ -1,9 +1,6 @@
-"""Frozen-feature cache: the vision tower and Q-Former are frozen in every stage, so their output for
-an image at one resolution never changes. Compute it once per shard (batched, fp16) and keep it
-beside the shards, keyed by sample key and tied to the preset, image size and tower weights.
-
-Layout: <ingest>/features/<cache id>/NNNNN.safetensors ("features" [N, Q, qformer_hidden], sample keys
-in the metadata) and index.json. A shard is skipped when its entry matches its source tar's sha256.
+"""Frozen-feature cache: the vision tower and Q-Former are frozen in every stage, so their output
+for an image at one resolution is computed once per shard (batched, fp16) into
+<ingest>/features/<preset>-<size>px-<dtype>-<tower digest>/NNNNN.safetensors, keyed by sample key.
 """
 
 from __future__ import annotations
@@ -68,8 +65,9 @@ def build_towers(cfg: FeatureCacheSpec) -> Towers:
         torch.manual_seed(cfg.seed)
         vision = VisionTower(build_vision_tower(preset))
         qformer = QueryTransformer.from_preset(preset)
-    return Towers(vision.eval(), qformer.eval(), ImagePreprocessor.from_preset(preset), cfg.preset,
-                  preset.image_size)
+    return Towers(
+        vision.eval(), qformer.eval(), ImagePreprocessor.from_preset(preset), cfg.preset, preset.image_size
+    )
 
 
 def cache_id(towers: Towers, dtype: str, digest: str) -> str:
@@ -82,7 +80,9 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _encode(towers: Towers, images: list, device: torch.device, dtype: torch.dtype, batch: int) -> torch.Tensor:
+def _encode(
+    towers: Towers, images: list, device: torch.device, dtype: torch.dtype, batch: int
+) -> torch.Tensor:
     out = []
     # fp16 kernels are a GPU affair; on the CPU compute in fp32 and store in the cache's dtype
     autocast = device.type == "cuda" and dtype != torch.float32
@@ -93,8 +93,13 @@ def _encode(towers: Towers, images: list, device: torch.device, dtype: torch.dty
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def build_feature_cache(spec: SourceSpec, output_dir: str | Path, *, towers: Towers | None = None,
-                        log: Callable[[str], None] = print) -> dict[str, Any]:
+def build_feature_cache(
+    spec: SourceSpec,
+    output_dir: str | Path,
+    *,
+    towers: Towers | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Compute (or complete) the cache for every shard in the manifest; returns a small summary.
 
     `towers` lets training pass the towers it actually freezes (e.g. after their own pre-training);
@@ -113,8 +118,13 @@ def build_feature_cache(spec: SourceSpec, output_dir: str | Path, *, towers: Tow
     folder = output_dir / "features" / cache_id(towers, cfg.dtype, digest)
     folder.mkdir(parents=True, exist_ok=True)
     index = read_json(folder / "index.json") or {
-        "preset": towers.preset, "image_size": towers.image_size, "dtype": cfg.dtype, "tower_digest": digest,
-        "source": manifest["source"], "shards": {}}
+        "preset": towers.preset,
+        "image_size": towers.image_size,
+        "dtype": cfg.dtype,
+        "tower_digest": digest,
+        "source": manifest["source"],
+        "shards": {},
+    }
     started, computed = time.time(), 0
     for shard in manifest["shards"]:
         name = Path(shard["path"]).stem
@@ -125,19 +135,32 @@ def build_feature_cache(spec: SourceSpec, output_dir: str | Path, *, towers: Tow
         features = _encode(towers, [r["image"] for r in records], device, dtype, cfg.batch_size)
         keys = [r["key"] for r in records]
         tmp = folder / f"{name}.safetensors.tmp"
-        save_file({"features": features.contiguous()}, str(tmp),
-                  metadata={"keys": json.dumps(keys), "source_sha256": shard["sha256"]})
+        save_file(
+            {"features": features.contiguous()},
+            str(tmp),
+            metadata={"keys": json.dumps(keys), "source_sha256": shard["sha256"]},
+        )
         tmp.replace(folder / f"{name}.safetensors")
-        index["shards"][name] = {"path": f"{name}.safetensors", "samples": len(keys),
-                                 "source_sha256": shard["sha256"]}
+        index["shards"][name] = {
+            "path": f"{name}.safetensors",
+            "samples": len(keys),
+            "source_sha256": shard["sha256"],
+        }
         write_json(folder / "index.json", index)  # after every shard: a killed run keeps what it made
         computed += len(keys)
     write_json(folder / "index.json", index)
     seconds = time.time() - started
-    log(f"[ingest {spec.name}] feature cache {folder.name}: {computed} images encoded in {seconds:.1f} s "
-        f"({sum(e['samples'] for e in index['shards'].values())} cached)")
-    return {"path": str(folder), "cache_id": folder.name, "encoded": computed, "seconds": round(seconds, 2),
-            "samples": sum(e["samples"] for e in index["shards"].values())}
+    log(
+        f"[ingest {spec.name}] feature cache {folder.name}: {computed} images encoded in {seconds:.1f} s "
+        f"({sum(e['samples'] for e in index['shards'].values())} cached)"
+    )
+    return {
+        "path": str(folder),
+        "cache_id": folder.name,
+        "encoded": computed,
+        "seconds": round(seconds, 2),
+        "samples": sum(e["samples"] for e in index["shards"].values()),
+    }
 
 
 def read_feature_cache(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -153,11 +176,16 @@ def read_feature_cache(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]
         yield from zip(keys, features, strict=True)
 
 
-def find_feature_cache(output_dir: str | Path, preset: str, image_size: int, tower_digest: str) -> Path | None:
+def find_feature_cache(
+    output_dir: str | Path, preset: str, image_size: int, tower_digest: str
+) -> Path | None:
     """The cache made with exactly these towers at this resolution, if there is one."""
     for index_path in sorted((Path(output_dir) / "features").glob("*/index.json")):
         index = read_json(index_path) or {}
-        if (index.get("preset"), index.get("image_size"), index.get("tower_digest")) == (preset, image_size,
-                                                                                          tower_digest):
+        if (index.get("preset"), index.get("image_size"), index.get("tower_digest")) == (
+            preset,
+            image_size,
+            tower_digest,
+        ):
             return index_path.parent
     return None

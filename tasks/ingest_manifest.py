@@ -19,20 +19,37 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "vlmpipe-ingest-manifest/1"
 
 
-def throughput(reports: list[ShardReport], downloaded: set[int], rounds: list[dict], output_dir: Path) -> dict:
+def throughput(
+    reports: list[ShardReport], downloaded: set[int], rounds: list[dict], output_dir: Path
+) -> dict:
     """Rates of the downloads this call made (the last manifest's when it downloaded nothing)."""
     if not rounds:
-        return {k: v for k, v in ((read_json(output_dir / MANIFEST) or {}).get("throughput") or {}).items()
-                if k != "wall_s"}
+        return {
+            k: v
+            for k, v in ((read_json(output_dir / MANIFEST) or {}).get("throughput") or {}).items()
+            if k != "wall_s"
+        }
     seconds = sum(r["seconds"] for r in rounds)
     fresh = [r for r in reports if r.shard_id in downloaded]
     urls, images = sum(r.urls for r in fresh), sum(r.samples for r in fresh)
-    return {"download_s": round(seconds, 2), "urls_downloaded": urls, "images_downloaded": images,
-            "urls_per_s": round(urls / seconds, 2), "images_per_s": round(images / seconds, 2)}
+    return {
+        "download_s": round(seconds, 2),
+        "urls_downloaded": urls,
+        "images_downloaded": images,
+        "urls_per_s": round(urls / seconds, 2),
+        "images_per_s": round(images / seconds, 2),
+    }
 
 
-def build_manifest(spec: SourceSpec, reports: list[ShardReport], skipped: dict[str, int], *, fp: str,
-                   throughput: dict, rounds: list[dict]) -> dict:
+def build_manifest(
+    spec: SourceSpec,
+    reports: list[ShardReport],
+    skipped: dict[str, int],
+    *,
+    fp: str,
+    throughput: dict,
+    rounds: list[dict],
+) -> dict:
     """The data's identity: every shard with its size and sha256, and every URL's outcome counted."""
     by_status: dict[str, Counter] = {"failed_to_download": Counter(), "failed_to_resize": Counter()}
     splits: Counter = Counter()
@@ -49,9 +66,15 @@ def build_manifest(spec: SourceSpec, reports: list[ShardReport], skipped: dict[s
     urls = sum(r.urls for r in reports)
     success = sum(r.samples for r in reports)
     shards = [
-        {"path": f"shards/{shard_files(Path(), r.shard_id)['tar'].name}",
-         "meta": f"shards/{shard_files(Path(), r.shard_id)['meta'].name}",
-         "urls": r.urls, "samples": r.samples, "bytes": r.tar_bytes, "sha256": r.sha256, "splits": r.splits}
+        {
+            "path": f"shards/{shard_files(Path(), r.shard_id)['tar'].name}",
+            "meta": f"shards/{shard_files(Path(), r.shard_id)['meta'].name}",
+            "urls": r.urls,
+            "samples": r.samples,
+            "bytes": r.tar_bytes,
+            "sha256": r.sha256,
+            "splits": r.splits,
+        }
         for r in reports
     ]
     # the data's identity: changes exactly when a shard's bytes change

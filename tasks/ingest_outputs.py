@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 
-def write_parquet_output(output_dir: Path, manifest: dict, encode_format: str,
-                         log: Callable[[str], None] = print) -> list[Path]:
+def write_parquet_output(
+    output_dir: Path, manifest: dict, encode_format: str, log: Callable[[str], None] = print
+) -> list[Path]:
     """One parquet per shard (skipped when newer than its tar); returns the files."""
     folder = output_dir / "parquet"
     folder.mkdir(exist_ok=True)
@@ -28,11 +29,14 @@ def write_parquet_output(output_dir: Path, manifest: dict, encode_format: str,
         if out.exists() and out.stat().st_mtime >= tar.stat().st_mtime:
             continue
         rows = []
-        for sample in sorted(wds.WebDataset(str(tar), shardshuffle=False, empty_check=False),
-                             key=lambda s: s["__key__"]):
+        for sample in sorted(
+            wds.WebDataset(str(tar), shardshuffle=False, empty_check=False), key=lambda s: s["__key__"]
+        ):
             meta = json.loads(sample["json"])
-            row = {k: v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v)
-                   for k, v in meta.items()}
+            row = {
+                k: v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v)
+                for k, v in meta.items()
+            }
             row.update(key=sample["__key__"], txt=sample["txt"].decode() if "txt" in sample else None)
             row[encode_format] = sample[encode_format]
             rows.append(row)

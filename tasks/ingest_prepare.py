@@ -24,15 +24,48 @@ from tasks import ingest_convert as convert
 
 Log = Callable[[str], None]
 # img2dataset's own columns; a source column of the same name is saved under a source_ prefix
-_RESERVED = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
-             "error_message", "exif", "md5", "sha256", "sha512"}
+_RESERVED = {
+    "key",
+    "caption",
+    "url",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "status",
+    "error_message",
+    "exif",
+    "md5",
+    "sha256",
+    "sha512",
+}
 # fields that decide what lands in the shards; changing one of them starts the shards afresh
-_SHARD_SHAPING = ("kind", "shapes_world", "url_list", "input_format", "url_col", "caption_col",
-                  "save_additional_columns", "image_size", "resize_mode", "resize_only_if_bigger",
-                  "upscale_interpolation", "downscale_interpolation", "encode_format", "encode_quality",
-                  "skip_reencode", "extract_exif", "compute_hash", "number_sample_per_shard", "min_image_size",
-                  "max_image_area", "max_aspect_ratio", "reject_truncated", "user_agent_token",
-                  "disallowed_header_directives")
+_SHARD_SHAPING = (
+    "kind",
+    "shapes_world",
+    "url_list",
+    "input_format",
+    "url_col",
+    "caption_col",
+    "save_additional_columns",
+    "image_size",
+    "resize_mode",
+    "resize_only_if_bigger",
+    "upscale_interpolation",
+    "downscale_interpolation",
+    "encode_format",
+    "encode_quality",
+    "skip_reencode",
+    "extract_exif",
+    "compute_hash",
+    "number_sample_per_shard",
+    "min_image_size",
+    "max_image_area",
+    "max_aspect_ratio",
+    "reject_truncated",
+    "user_agent_token",
+    "disallowed_header_directives",
+)
 
 
 @dataclass
@@ -96,8 +129,14 @@ def prepared_input(spec: SourceSpec, output_dir: Path, fp: str, log: Log) -> Ite
             pq.write_table(table, folder / "00000.parquet")
             src.unlink()
             log(f"[ingest {spec.name}] {len(scenes)} shapes-world scenes served at {server.base_url}")
-            yield PreparedInput(folder, [("00000.parquet", table.num_rows)], ["source_key", "split", "annotations"],
-                                True, {}, server.served)
+            yield PreparedInput(
+                folder,
+                [("00000.parquet", table.num_rows)],
+                ["source_key", "split", "annotations"],
+                True,
+                {},
+                server.served,
+            )
         return
     yield _convert_url_list(spec, folder, fp, log)
 
@@ -116,7 +155,9 @@ def _convert_url_list(spec: SourceSpec, folder: Path, fp: str, log: Log) -> Prep
     files, skipped = [], Counter()
     columns = ["url"] + (["caption"] if has_caption else []) + extra
     for i, path in enumerate(convert.input_files(spec.url_list, spec.kind, spec.input_format)):
-        rows = convert.source_rows(spec.kind, path, spec.input_format, spec.url_col, spec.caption_col, extra_src)
+        rows = convert.source_rows(
+            spec.kind, path, spec.input_format, spec.url_col, spec.caption_col, extra_src
+        )
         if extra != extra_src:
             rows = ({**r, **{n: r.get(o) for o, n in zip(extra_src, extra, strict=True)}} for r in rows)
         name = f"{i:05d}.parquet"
@@ -126,7 +167,9 @@ def _convert_url_list(spec: SourceSpec, folder: Path, fp: str, log: Log) -> Prep
             raise ValueError(f"cannot read URL list {path}: {exc}") from None
         files.append((name, result.rows))
         skipped.update(result.skipped)
-        log(f"[ingest {spec.name}] converted {path.name}: {result.rows} URLs"
-            + (f", left out {dict(result.skipped)}" if result.skipped else ""))
+        log(
+            f"[ingest {spec.name}] converted {path.name}: {result.rows} URLs"
+            + (f", left out {dict(result.skipped)}" if result.skipped else "")
+        )
     write_json(folder / "prepared.json", {"fingerprint": fp, "files": files, "skipped": dict(skipped)})
     return PreparedInput(folder, files, extra, has_caption, dict(skipped))

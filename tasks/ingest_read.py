@@ -19,7 +19,9 @@ IMAGE_EXTS = ("jpg", "png", "webp")
 def load_manifest(output_dir: str | Path) -> dict:
     path = Path(output_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; run `vlmpipe ingest SOURCE_SPEC --output {output_dir}` first")
+        raise FileNotFoundError(
+            f"{path}: no manifest; run `vlmpipe ingest SOURCE_SPEC --output {output_dir}` first"
+        )
     return json.loads(path.read_text())
 
 

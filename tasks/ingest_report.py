@@ -68,8 +68,13 @@ def metrics(manifest: dict) -> dict[str, float]:
     totals = manifest["totals"]
     urls = max(totals["urls"], 1)
     out: dict[str, float] = {s: totals[s] for s in STATUSES}
-    out.update(urls=totals["urls"], success_rate=totals["success_rate"], bytes=totals["bytes"],
-               shards=len(manifest["shards"]), skipped_rows=totals["skipped_rows"])
+    out.update(
+        urls=totals["urls"],
+        success_rate=totals["success_rate"],
+        bytes=totals["bytes"],
+        shards=len(manifest["shards"]),
+        skipped_rows=totals["skipped_rows"],
+    )
     for key in ("images_per_s", "urls_per_s", "download_s", "wall_s"):
         if manifest["throughput"].get(key) is not None:
             out[key] = manifest["throughput"][key]
@@ -84,12 +89,26 @@ def metrics(manifest: dict) -> dict[str, float]:
 def table_rows(manifest: dict) -> list[dict[str, Any]]:
     """One row per outcome and reason, largest first: what a person checks after a download."""
     urls = max(manifest["totals"]["urls"], 1)
-    rows = [{"status": "success", "reason": "", "message": "", "count": manifest["totals"]["success"],
-             "share": round(manifest["totals"]["success"] / urls, 4)}]
+    rows = [
+        {
+            "status": "success",
+            "reason": "",
+            "message": "",
+            "count": manifest["totals"]["success"],
+            "share": round(manifest["totals"]["success"] / urls, 4),
+        }
+    ]
     for status, messages in manifest["errors_by_status"].items():
         for message, n in messages.items():
-            rows.append({"status": status, "reason": reason_of(message), "message": message, "count": n,
-                         "share": round(n / urls, 4)})
+            rows.append(
+                {
+                    "status": status,
+                    "reason": reason_of(message),
+                    "message": message,
+                    "count": n,
+                    "share": round(n / urls, 4),
+                }
+            )
     return rows
 
 
@@ -104,9 +123,16 @@ def log_to_mlflow(tracker: Any, manifest: dict, manifest_path: Path) -> None:
     tracker.log_metrics(metrics(manifest))
     tracker.log_artifact(manifest_path, "ingest")
     tracker.log_table(table_rows(manifest), "ingest/outcomes.json")
-    tracker.set_tags({"vlmpipe.source": manifest["source"], "vlmpipe.manifest_fingerprint": manifest["fingerprint"]})
+    tracker.set_tags(
+        {"vlmpipe.source": manifest["source"], "vlmpipe.manifest_fingerprint": manifest["fingerprint"]}
+    )
     # the manifest's digest covers every shard's sha256: it names exactly this data
-    dataset = MetaDataset(LocalArtifactDatasetSource(str(manifest_path.resolve())), name=manifest["source"],
-                          digest=manifest["digest"])
+    dataset = MetaDataset(
+        LocalArtifactDatasetSource(str(manifest_path.resolve())),
+        name=manifest["source"],
+        digest=manifest["digest"],
+    )
     entity = dataset._to_mlflow_entity()  # the public log_input needs the fluent active run
-    tracker.client.log_inputs(tracker.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
+    tracker.client.log_inputs(
+        tracker.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])]
+    )

@@ -37,8 +37,11 @@ def worker_config(spec: SourceSpec, prepared: PreparedInput, shards_dir: Path) -
         "enable_wandb": False,
         **spec.img2dataset_options(),
     }
-    return {"download": download, "reject_truncated": spec.reject_truncated,
-            "spark": spec.spark.model_dump() if spec.spark else None}
+    return {
+        "download": download,
+        "reject_truncated": spec.reject_truncated,
+        "spark": spec.spark.model_dump() if spec.spark else None,
+    }
 
 
 class Progress:
@@ -75,14 +78,26 @@ class Progress:
         text = f"[ingest {name}] shards {self.done}/{self.total}"
         if self.urls:
             span = max(time.time() - min(self.first_start, time.time()), 1e-3)
-            text += (f"; this run {self.urls} URLs, {self.successes / self.urls:.1%} success, "
-                     f"{self.urls / span:.0f} URLs/s")
+            text += (
+                f"; this run {self.urls} URLs, {self.successes / self.urls:.1%} success, "
+                f"{self.urls / span:.0f} URLs/s"
+            )
         return text
 
 
-def run_img2dataset(config: dict, output_dir: Path, name: str, total_shards: int, *, log: Log,
-                    on_shard: Callable[[int], None] | None = None, poll_s: float = 1.0, progress_s: float = 10.0,
-                    stall_s: float = 3600.0, finish_grace_s: float = 30.0) -> int:
+def run_img2dataset(
+    config: dict,
+    output_dir: Path,
+    name: str,
+    total_shards: int,
+    *,
+    log: Log,
+    on_shard: Callable[[int], None] | None = None,
+    poll_s: float = 1.0,
+    progress_s: float = 10.0,
+    stall_s: float = 3600.0,
+    finish_grace_s: float = 30.0,
+) -> int:
     """Run the worker process to the end; its exit code.
 
     Every `poll_s` each newly finished shard is handed to `on_shard` (validation overlaps the
@@ -93,8 +108,10 @@ def run_img2dataset(config: dict, output_dir: Path, name: str, total_shards: int
     """
     cfg_path = output_dir / "worker_config.json"
     write_json(cfg_path, config)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))
-                                                       if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     env.setdefault("WANDB_MODE", "disabled")
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import otherwise
     progress = Progress(Path(config["download"]["output_folder"]), total_shards, time.time())
@@ -105,8 +122,14 @@ def run_img2dataset(config: dict, output_dir: Path, name: str, total_shards: int
         # session (start_new_session): with the kernel's autogroup scheduling a session is one CPU
         # share, and the whole download would then compete as a single process.
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.ingest_worker", str(cfg_path)], cwd=output_dir,
-                                stdout=logfile, stderr=subprocess.STDOUT, env=env, **group)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.ingest_worker", str(cfg_path)],
+            cwd=output_dir,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            env=env,
+            **group,
+        )
         (output_dir / "worker.pid").write_text(str(proc.pid))
         last_line, last_log, last_shard = "", time.time(), time.time()
         try:
@@ -124,8 +147,10 @@ def run_img2dataset(config: dict, output_dir: Path, name: str, total_shards: int
                     last_line, last_log = progress.line(name), now
                     log(last_line)
                 if progress.done >= total_shards and now - last_shard > finish_grace_s:
-                    log(f"[ingest {name}] every shard is written but img2dataset has not exited after "
-                        f"{finish_grace_s:.0f} s: stopping it")
+                    log(
+                        f"[ingest {name}] every shard is written but img2dataset has not exited after "
+                        f"{finish_grace_s:.0f} s: stopping it"
+                    )
                     return 0
                 if now - last_shard > stall_s:
                     log(f"[ingest {name}] no shard finished for {stall_s:.0f} s: stopping this round")

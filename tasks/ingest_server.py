@@ -122,8 +122,14 @@ class FaultServer(LoopbackServer):
     image, which is counted as "redirected" when fetched.
     """
 
-    def __init__(self, slow_s: float = 4.0, oversize_px: int = 1200, image_px: int = 64, good_delay_s: float = 0.0,
-                 **kwargs):
+    def __init__(
+        self,
+        slow_s: float = 4.0,
+        oversize_px: int = 1200,
+        image_px: int = 64,
+        good_delay_s: float = 0.0,
+        **kwargs,
+    ):
         self.slow_s, self.oversize_px, self.image_px = slow_s, oversize_px, image_px
         self.good_delay_s = good_delay_s
         self._oversize: bytes | None = None
@@ -133,8 +139,9 @@ class FaultServer(LoopbackServer):
         parts = path.strip("/").split("/")
         index = int("".join(ch for ch in parts[-1] if ch.isdigit()) or 0)
         if parts[0] == "good":
-            return Response(200, sample_jpeg(index, self.image_px), "image/jpeg", delay_s=self.good_delay_s,
-                            kind="good")
+            return Response(
+                200, sample_jpeg(index, self.image_px), "image/jpeg", delay_s=self.good_delay_s, kind="good"
+            )
         if parts[0] == "redirected":
             return Response(200, sample_jpeg(index, self.image_px), "image/jpeg", kind="redirected")
         kind = parts[1] if parts[0] == "fault" and len(parts) == 3 else "unknown"
@@ -151,7 +158,9 @@ class FaultServer(LoopbackServer):
             return Response(302, b"", "text/plain", {"Location": f"/redirected/{index}.jpg"}, kind=kind)
         if kind == "noai":
             return Response(200, sample_jpeg(index), "image/jpeg", {"X-Robots-Tag": "noai"}, kind=kind)
-        return Response(404, b"not found", "text/plain", kind="not_found" if kind == "not_found" else "unknown")
+        return Response(
+            404, b"not found", "text/plain", kind="not_found" if kind == "not_found" else "unknown"
+        )
 
     def _oversize_png(self) -> bytes:
         if self._oversize is None:  # a plain PNG compresses to a few KB however large its area

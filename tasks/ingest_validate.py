@@ -1,9 +1,6 @@
-"""Check finished img2dataset shards before anything downstream reads them.
-
-A shard is good when its stats say it saw every URL of its slice, its tar opens to the end, the tar
-holds exactly the stats' successes (image + json [+ txt] each), its parquet metadata has one row
-per URL, and a sample of its images decodes. Results are cached by file size and mtime, so a
-resumed ingest does not re-read shards it already checked.
+"""Check finished img2dataset shards before anything downstream reads them: stats cover the
+shard's URLs, the tar reads to its end with exactly the stats' successes, the parquet metadata has
+a row per URL, a sample of images decodes. Results are cached by file size and mtime.
 """
 
 from __future__ import annotations
@@ -44,8 +41,11 @@ def shard_name(shard_id: int) -> str:
 
 def shard_files(shards_dir: Path, shard_id: int) -> dict[str, Path]:
     name = shard_name(shard_id)
-    return {"tar": shards_dir / f"{name}.tar", "meta": shards_dir / f"{name}.parquet",
-            "stats": shards_dir / f"{name}_stats.json"}
+    return {
+        "tar": shards_dir / f"{name}.tar",
+        "meta": shards_dir / f"{name}.parquet",
+        "stats": shards_dir / f"{name}_stats.json",
+    }
 
 
 @dataclass
@@ -131,8 +131,9 @@ def _decode(name: str, data: bytes) -> None:
         raise ShardInvalid(f"{name} does not decode ({exc})") from None
 
 
-def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: str, with_caption: bool,
-                decode: int = 8) -> ShardReport:
+def check_shard(
+    shards_dir: Path, shard_id: int, expected_urls: int, image_ext: str, with_caption: bool, decode: int = 8
+) -> ShardReport:
     """Validate one finished shard; raises ShardInvalid with the reason."""
     files = shard_files(shards_dir, shard_id)
     for kind in ("stats", "tar", "meta"):
@@ -149,7 +150,9 @@ def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: 
     wanted = {image_ext, "json"}
 
     def pick(name: str, index: int) -> bool:
-        return bool(step) and name.rpartition(".")[2] in wanted and index % step == 0 and index // step < decode
+        return (
+            bool(step) and name.rpartition(".")[2] in wanted and index % step == 0 and index // step < decode
+        )
 
     try:
         scan = scan_tar(files["tar"], pick)
@@ -166,8 +169,9 @@ def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: 
         _decode(name, data)
     try:
         names = pq.ParquetFile(files["meta"]).schema_arrow.names
-        meta = pq.read_table(files["meta"], columns=[c for c in ("status", "error_message", "split")
-                                                      if c in names]).to_pydict()
+        meta = pq.read_table(
+            files["meta"], columns=[c for c in ("status", "error_message", "split") if c in names]
+        ).to_pydict()
     except Exception as exc:  # noqa: BLE001 (pyarrow raises several types for a bad file)
         raise ShardInvalid(f"metadata parquet does not read ({exc})") from None
     status = meta.get("status", [])
@@ -182,10 +186,15 @@ def check_shard(shards_dir: Path, shard_id: int, expected_urls: int, image_ext: 
     split_col = meta.get("split", ["train"] * len(status))
     splits = Counter(sp or "train" for st, sp in zip(status, split_col, strict=True) if st == "success")
     return ShardReport(
-        shard_id=shard_id, urls=expected_urls, samples=stats["successes"],
-        failed_to_download=stats["failed_to_download"], failed_to_resize=stats["failed_to_resize"],
-        tar_bytes=files["tar"].stat().st_size, sha256=scan.sha256,
-        errors={k: dict(v) for k, v in errors.items()}, splits=dict(splits),
+        shard_id=shard_id,
+        urls=expected_urls,
+        samples=stats["successes"],
+        failed_to_download=stats["failed_to_download"],
+        failed_to_resize=stats["failed_to_resize"],
+        tar_bytes=files["tar"].stat().st_size,
+        sha256=scan.sha256,
+        errors={k: dict(v) for k, v in errors.items()},
+        splits=dict(splits),
         duration_s=float(stats.get("duration", 0.0)),
     )
 
@@ -225,8 +234,10 @@ class ValidationCache:
         return None
 
     def put(self, shards_dir: Path, report: ShardReport) -> None:
-        self.entries[shard_name(report.shard_id)] = {"stamp": self._stamp(shards_dir, report.shard_id),
-                                                      "report": asdict(report)}
+        self.entries[shard_name(report.shard_id)] = {
+            "stamp": self._stamp(shards_dir, report.shard_id),
+            "report": asdict(report),
+        }
 
     def drop(self, shard_id: int) -> None:
         self.entries.pop(shard_name(shard_id), None)

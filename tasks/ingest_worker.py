@@ -1,8 +1,6 @@
 """Runs one img2dataset download in its own process: `python -m tasks.ingest_worker CONFIG.json`.
-
-img2dataset starts its workers with multiprocessing "spawn", which re-imports the caller's
-`__main__`; a process of our own makes that safe wherever ingest is called from (pytest, Prefect,
-a notebook), and lets the caller stop the whole download by killing one process group.
+img2dataset's "spawn" workers re-import the caller's `__main__`; a process of our own makes that
+safe wherever ingest is called from (pytest, Prefect, a notebook) and can be killed as one group.
 """
 
 from __future__ import annotations

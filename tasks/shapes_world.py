@@ -1,8 +1,6 @@
-"""Shapes world: the embedded default image source, small scenes of one to three coloured shapes.
-
-Every scene is generated from a seed, so captions, VQA answers, referring boxes and grounded
-captions are exact. The images are served on a loopback port (`ShapesWorldServer`) and downloaded
-by img2dataset exactly as a web source would be.
+"""Shapes world, the embedded default source: seeded scenes of one to three coloured shapes with
+exact ground truth (caption, closed VQA, referring boxes, grounded caption), served on a loopback
+port (`ShapesWorldServer`) and downloaded by img2dataset exactly as a web source would be.
 """
 
 from __future__ import annotations
@@ -200,7 +198,9 @@ def vqa_items(ann: dict, rng: random.Random) -> list[dict[str, str]]:
     else:
         q, n = f"how many {target['shape']}s are there?", kinds.count(target["shape"])
     items.append({"question": q, "answer": COUNT_WORDS[n], "qtype": "count"})
-    items.append({"question": f"where is the {_name(target)}?", "answer": target["position"], "qtype": "position"})
+    items.append(
+        {"question": f"where is the {_name(target)}?", "answer": target["position"], "qtype": "position"}
+    )
     present = {(s["colour"], s["shape"]) for s in shapes}
     if rng.random() < 0.5:
         colour, shape = rng.choice(sorted(present))
@@ -226,8 +226,12 @@ def referring_items(ann: dict) -> list[dict[str, Any]]:
 
 
 def grounded_caption(ann: dict) -> str:
-    return _join([f"{format_grounded_phrase('a ' + _name(s), tuple(s['box']))} {_where(s['position'])}"
-                  for s in ann["shapes"]])
+    return _join(
+        [
+            f"{format_grounded_phrase('a ' + _name(s), tuple(s['box']))} {_where(s['position'])}"
+            for s in ann["shapes"]
+        ]
+    )
 
 
 def detection_text(ann: dict, shape: str | None = None) -> str:
@@ -267,8 +271,10 @@ def conversation(ann: dict, rng: random.Random) -> list[tuple[str, str]]:
     turns = [
         ("What can you see in this image?", f"I can see {caption(ann)}."),
         (f"Where is the {_name(target)}?", f"The {_name(target)} is {_where(target['position'])}."),
-        ("How many shapes are there?", f"There {'is' if n == 1 else 'are'} {COUNT_WORDS[n]} "
-                                       f"shape{'s' if n > 1 else ''}."),
+        (
+            "How many shapes are there?",
+            f"There {'is' if n == 1 else 'are'} {COUNT_WORDS[n]} shape{'s' if n > 1 else ''}.",
+        ),
     ]
     keep = rng.choice((2, 3))
     return [turns[0]] + rng.sample(turns[1:], keep - 1)
@@ -285,8 +291,15 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
     if task in ("image_text", "caption"):
         return [ex([Turn(None, caption(ann))])]
     if task == "vqa":
-        return [ex([Turn(i["question"], i["answer"])], qtype=i["qtype"], choices=answer_choices(i["qtype"]),
-                   answers=[i["answer"]]) for i in vqa_items(ann, rng)]
+        return [
+            ex(
+                [Turn(i["question"], i["answer"])],
+                qtype=i["qtype"],
+                choices=answer_choices(i["qtype"]),
+                answers=[i["answer"]],
+            )
+            for i in vqa_items(ann, rng)
+        ]
     if task == "refer":
         return [ex([Turn(r["expression"], format_box(r["box"]))], box=r["box"]) for r in referring_items(ann)]
     if task == "identify":
@@ -295,8 +308,13 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
         return [ex([Turn(None, grounded_caption(ann))], boxes=[tuple(s["box"]) for s in ann["shapes"]])]
     if task == "detection":
         kinds = sorted({s["shape"] for s in ann["shapes"]})
-        return [ex([Turn(k, detection_text(ann, k))],
-                   boxes=[tuple(s["box"]) for s in ann["shapes"] if s["shape"] == k]) for k in kinds]
+        return [
+            ex(
+                [Turn(k, detection_text(ann, k))],
+                boxes=[tuple(s["box"]) for s in ann["shapes"] if s["shape"] == k],
+            )
+            for k in kinds
+        ]
     if task == "detailed_description":
         return [ex([Turn(None, detailed_description(ann))])]
     if task == "conversation":
@@ -317,6 +335,36 @@ def text_corpus() -> list[str]:
         texts += [f"{r['expression']} {format_box(r['box'])}" for r in referring_items(ann)]
         texts += [f"{q} {a}" for q, a in conversation(ann, rng)]
     return list(dict.fromkeys(texts))
+
+
+def in_memory_records(
+    num_train: int,
+    num_heldout: int,
+    seed: int,
+    canvas_size: int = 64,
+    max_shapes: int = 3,
+    image_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """Records as `tasks.ingest.read_records` yields them, rendered in memory (for tests and
+    benchmarks of what comes after ingest; the ingest path itself downloads them)."""
+    records = []
+    for scene in generate_scenes(num_train, num_heldout, seed, canvas_size, max_shapes):
+        image = render(scene)
+        if image_size is not None and image_size != canvas_size:
+            image = image.resize((image_size, image_size), Image.Resampling.BOX)
+        ann = json.loads(json.dumps(scene_annotations(scene)))  # lists, as read back from a shard
+        records.append(
+            {
+                "key": scene.key,
+                "sample_key": scene.key,
+                "image": image,
+                "caption": caption(ann),
+                "annotations": ann,
+                "split": scene.split,
+                "url": None,
+            }
+        )
+    return records
 
 
 # ---- URL list and loopback server --------------------------------------------------------------

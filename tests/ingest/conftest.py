@@ -23,9 +23,18 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
 def shapes_ingest(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real ingest of 80 shapes-world images in 3 shards (also written as parquet)."""
     root = tmp_path_factory.mktemp("shapes")
-    path = spec_file(root, "shapes_test", kind="shapes_world", shapes_world=SHAPES, encode_format="png",
-                     encode_quality=1, number_sample_per_shard=32, min_success_rate=1.0,
-                     output_format=["webdataset", "parquet"], **FAST_DOWNLOAD)
+    path = spec_file(
+        root,
+        "shapes_test",
+        kind="shapes_world",
+        shapes_world=SHAPES,
+        encode_format="png",
+        encode_quality=1,
+        number_sample_per_shard=32,
+        min_success_rate=1.0,
+        output_format=["webdataset", "parquet"],
+        **FAST_DOWNLOAD,
+    )
     spec = load_source_spec(path)
     lines: list[str] = []
     manifest = ingest_source(spec, root / "out", log=lines.append, progress_s=1.0)

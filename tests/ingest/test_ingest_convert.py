@@ -21,23 +21,36 @@ from tasks.ingest_server import sample_jpeg
 FIXTURES = Path(__file__).parent / "fixtures"
 
 LAION = [
-    ("http://farm4.staticflickr.com/3220/2834522405_0ec2a10b47.jpg", "a dog running on the beach with a ball"),
+    (
+        "http://farm4.staticflickr.com/3220/2834522405_0ec2a10b47.jpg",
+        "a dog running on the beach with a ball",
+    ),
     ('https://images.example.org/photos/1128/tram, "blue".jpg', "a blue tram on a city street, with people"),
     ("http://i.pinimg.com/736x/5e/0c/9a/5e0c9a7e.jpg", "café tables under a striped awning"),
 ]
 CC3M = [
-    ("http://lh6.ggpht.com/-IvRtNLNcG8o/TpFyrudaT6I/AAAAAAAAM6o/_11MuAAKalQ/IMG_3422.JPG?imgmax=800",
-     "a very typical bus station"),
-    ("http://78.media.tumblr.com/3b133294bdc7c7784b7e6f13f2d9a7f1/tumblr_ns3a6uVGRq1t2fvqbo1_500.jpg",
-     "sierra looked stunning in this top and this skirt while performing with person at their former university"),
-    ("http://www.celebrity.example.com/images/2010/premiere.jpg",
-     "actor arrives at the premiere of \"film\" at a theatre, it's raining"),
+    (
+        "http://lh6.ggpht.com/-IvRtNLNcG8o/TpFyrudaT6I/AAAAAAAAM6o/_11MuAAKalQ/IMG_3422.JPG?imgmax=800",
+        "a very typical bus station",
+    ),
+    (
+        "http://78.media.tumblr.com/3b133294bdc7c7784b7e6f13f2d9a7f1/tumblr_ns3a6uVGRq1t2fvqbo1_500.jpg",
+        "sierra looked stunning in this top and this skirt while performing with person at their former university",
+    ),
+    (
+        "http://www.celebrity.example.com/images/2010/premiere.jpg",
+        'actor arrives at the premiere of "film" at a theatre, it\'s raining',
+    ),
 ]
 SBU = [
-    ("http://static.flickr.com/2723/4385058960_b0f291553e.jpg",
-     "Man sits in a rusted car buried in the sand on Waitarere beach"),
-    ("http://static.flickr.com/3573/3389961442_1a9d7d7b6b.jpg",
-     "Interior design of modern white and brown living room furniture against white wall with a lamp hanging."),
+    (
+        "http://static.flickr.com/2723/4385058960_b0f291553e.jpg",
+        "Man sits in a rusted car buried in the sand on Waitarere beach",
+    ),
+    (
+        "http://static.flickr.com/3573/3389961442_1a9d7d7b6b.jpg",
+        "Interior design of modern white and brown living room furniture against white wall with a lamp hanging.",
+    ),
     ("http://static.flickr.com/3007/3081433330_8d3c6a5ac4.jpg", "Emma in her hat looking super cute"),
 ]
 
@@ -49,11 +62,14 @@ def _prepare(write_spec, tmp_path, **fields) -> tuple[list[tuple[str, str]], dic
     return [(r["url"], r.get("caption")) for r in rows], prepared.skipped
 
 
-@pytest.mark.parametrize(("kind", "fixture", "expected"), [
-    ("laion_synthetic", "laion_synthetic.json", LAION),
-    ("cc3m", "cc3m.tsv", CC3M),
-    ("sbu", "sbu.json", SBU),
-])
+@pytest.mark.parametrize(
+    ("kind", "fixture", "expected"),
+    [
+        ("laion_synthetic", "laion_synthetic.json", LAION),
+        ("cc3m", "cc3m.tsv", CC3M),
+        ("sbu", "sbu.json", SBU),
+    ],
+)
 def test_published_formats_give_the_right_pairs(write_spec, tmp_path, kind, fixture, expected):
     pairs, skipped = _prepare(write_spec, tmp_path, kind=kind, url_list=str(FIXTURES / fixture))
     assert pairs == expected
@@ -61,14 +77,23 @@ def test_published_formats_give_the_right_pairs(write_spec, tmp_path, kind, fixt
 
 
 def test_named_columns_and_extra_columns(write_spec, tmp_path):
-    spec = load_source_spec(write_spec(kind="url_list", url_list=str(FIXTURES / "named_columns.csv"),
-                                       input_format="csv", url_col="URL", caption_col="TEXT",
-                                       save_additional_columns=["similarity"]))
+    spec = load_source_spec(
+        write_spec(
+            kind="url_list",
+            url_list=str(FIXTURES / "named_columns.csv"),
+            input_format="csv",
+            url_col="URL",
+            caption_col="TEXT",
+            save_additional_columns=["similarity"],
+        )
+    )
     with prepared_input(spec, tmp_path / "out", fingerprint(spec), log=lambda _: None) as prepared:
         rows = pq.read_table(prepared.folder / prepared.files[0][0]).to_pylist()
         assert prepared.extra_columns == ["similarity"]
-    assert rows == [{"url": "http://example.com/a.jpg", "caption": "a photo, with a comma", "similarity": "0.31"},
-                    {"url": "http://example.com/b.jpg", "caption": "a plain caption", "similarity": "0.29"}]
+    assert rows == [
+        {"url": "http://example.com/a.jpg", "caption": "a photo, with a comma", "similarity": "0.31"},
+        {"url": "http://example.com/b.jpg", "caption": "a plain caption", "similarity": "0.29"},
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "tsv", "txt"])
@@ -101,7 +126,7 @@ def test_missing_column_is_named(tmp_path):
 
 
 def test_json_array_streams_across_chunk_boundaries(tmp_path):
-    items = [{"url": f"http://h/{i}.jpg", "caption": "x" * (i % 7) + ", [] {} \"q\""} for i in range(300)]
+    items = [{"url": f"http://h/{i}.jpg", "caption": "x" * (i % 7) + ', [] {} "q"'} for i in range(300)]
     path = tmp_path / "big.json"
     path.write_text(json.dumps(items, indent=1))
     assert list(convert.iter_json_array(path, chunk_chars=64)) == items
@@ -124,17 +149,20 @@ def test_truncated_jpeg_check():
     assert resizer(io.BytesIO(whole)) == ("ok",) and calls == [whole]
 
 
-@pytest.mark.parametrize(("message", "reason"), [
-    ("HTTP Error 404: Not Found", "http_404"),
-    ("HTTP Error 503: Service Unavailable", "http_503"),
-    ("timed out", "timeout"),
-    ("<urlopen error timed out>", "timeout"),
-    ("Use of image disallowed by X-Robots-Tag directive", "disallowed_by_robots"),
-    ("Image decoding error", "not_an_image"),
-    (TRUNCATED, "truncated"),
-    ("image area too large", "too_large"),
-    ("<urlopen error [Errno 111] Connection refused>", "connection_error"),
-    ("something new", "other"),
-])
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("HTTP Error 404: Not Found", "http_404"),
+        ("HTTP Error 503: Service Unavailable", "http_503"),
+        ("timed out", "timeout"),
+        ("<urlopen error timed out>", "timeout"),
+        ("Use of image disallowed by X-Robots-Tag directive", "disallowed_by_robots"),
+        ("Image decoding error", "not_an_image"),
+        (TRUNCATED, "truncated"),
+        ("image area too large", "too_large"),
+        ("<urlopen error [Errno 111] Connection refused>", "connection_error"),
+        ("something new", "other"),
+    ],
+)
 def test_error_messages_map_to_reasons(message, reason):
     assert reason_of(message) == reason

@@ -24,7 +24,11 @@ GOOD, EACH = 40, 3
 EXPECTED = {
     "not_found": ("failed_to_download", "HTTP Error 404: Not Found", "http_404"),
     "timeout": ("failed_to_download", "timed out", "timeout"),
-    "noai": ("failed_to_download", "Use of image disallowed by X-Robots-Tag directive", "disallowed_by_robots"),
+    "noai": (
+        "failed_to_download",
+        "Use of image disallowed by X-Robots-Tag directive",
+        "disallowed_by_robots",
+    ),
     "not_image": ("failed_to_resize", "Image decoding error", "not_an_image"),
     "truncated_jpeg": ("failed_to_resize", TRUNCATED, "truncated"),
     "oversize": ("failed_to_resize", "image area too large", "too_large"),
@@ -36,15 +40,29 @@ def fault_run(tmp_path_factory, prefect_api):
     root = tmp_path_factory.mktemp("faults")
     with FaultServer(slow_s=3.0, oversize_px=1200) as server:
         rows = fault_url_rows(server.base_url, GOOD, {kind: EACH for kind in FAULT_KINDS}, seed=1)
-        spec_path = spec_file(root, "faults", kind="url_list", url_list=str(url_list_file(root, rows)),
-                              input_format="parquet", number_sample_per_shard=25, max_image_area=1_000_000,
-                              min_success_rate=0.5, **{**FAST_DOWNLOAD, "timeout": 1})
+        spec_path = spec_file(
+            root,
+            "faults",
+            kind="url_list",
+            url_list=str(url_list_file(root, rows)),
+            input_format="parquet",
+            number_sample_per_shard=25,
+            max_image_area=1_000_000,
+            min_success_rate=0.5,
+            **{**FAST_DOWNLOAD, "timeout": 1},
+        )
         tracker = start_run("ingest-tests", "faults", tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
         summary = ingest_flow(str(spec_path), str(root / "out"), tracking=tracker.handle())
         served = dict(server.served)
     manifest = json.loads((root / "out" / "manifest.json").read_text())
-    return {"root": root, "spec_path": spec_path, "summary": summary, "served": served, "manifest": manifest,
-            "tracker": tracker}
+    return {
+        "root": root,
+        "spec_path": spec_path,
+        "summary": summary,
+        "served": served,
+        "manifest": manifest,
+        "tracker": tracker,
+    }
 
 
 def test_server_served_each_fault(fault_run):
@@ -65,8 +83,9 @@ def test_manifest_counts_per_reason_equal_what_was_served(fault_run):
     for status in ("failed_to_download", "failed_to_resize"):
         assert manifest["totals"][status] == sum(expected_by_status[status].values())
     summary = fault_run["summary"]
-    assert summary["status"] == {s: manifest["totals"][s] for s in ("success", "failed_to_download",
-                                                                    "failed_to_resize")}
+    assert summary["status"] == {
+        s: manifest["totals"][s] for s in ("success", "failed_to_download", "failed_to_resize")
+    }
     assert summary["shards"] == 3 and summary["samples"] == manifest["totals"]["success"]
 
 
@@ -90,7 +109,9 @@ def test_prefect_table_artifact(fault_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-faults"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-faults"]))
+        )
     assert artifacts and artifacts[0].type == "table"
     rows = json.loads(artifacts[0].data) if isinstance(artifacts[0].data, str) else artifacts[0].data
     assert {r["reason"] for r in rows} >= {reason for _, _, reason in EXPECTED.values()}
@@ -99,7 +120,9 @@ def test_prefect_table_artifact(fault_run):
 def test_min_success_rate_fails_with_one_line(fault_run, tmp_path):
     strict = json.loads(json.dumps(load_source_spec(fault_run["spec_path"]).model_dump(mode="json")))
     strict["min_success_rate"] = 0.9  # not a shard-shaping field: the shards are reused, nothing is fetched
-    path = spec_file(fault_run["root"] / "strict", "faults", **{k: v for k, v in strict.items() if k != "name"})
+    path = spec_file(
+        fault_run["root"] / "strict", "faults", **{k: v for k, v in strict.items() if k != "name"}
+    )
     with pytest.raises(LowSuccessRate) as err:
         ingest_source(load_source_spec(path), fault_run["root"] / "out", log=lambda _: None)
     message = str(err.value)
@@ -110,14 +133,24 @@ def test_min_success_rate_fails_with_one_line(fault_run, tmp_path):
     tracker = start_run("ingest-tests", "strict", tracking_uri=fault_run["tracker"].tracking_uri)
     with pytest.raises(LowSuccessRate, match="below min_success_rate"):
         ingest_flow(str(path), str(fault_run["root"] / "out"), tracking=tracker.handle())
-    assert MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).data.metrics["failures.http_404"] == EACH
+    assert (
+        MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).data.metrics["failures.http_404"] == EACH
+    )
 
 
 def test_cli_ingest_json_summary(fault_run, capsys):
     parser = argparse.ArgumentParser()
     add_ingest_parser(parser.add_subparsers())
-    args = parser.parse_args(["ingest", str(fault_run["spec_path"]), "--output", str(fault_run["root"] / "out"),
-                              "--json", "--no-mlflow"])
+    args = parser.parse_args(
+        [
+            "ingest",
+            str(fault_run["spec_path"]),
+            "--output",
+            str(fault_run["root"] / "out"),
+            "--json",
+            "--no-mlflow",
+        ]
+    )
     assert args.func is cli_ingest
     capsys.readouterr()
     assert cli_ingest(args) == 0

@@ -10,10 +10,12 @@ import torch
 from ingest_helpers import spec_file
 
 from data_specs.sources import FeatureCacheSpec, load_source_spec
+from model import get_preset
 from tasks.ingest import read_records
 from tasks.ingest_features import build_feature_cache, build_towers, find_feature_cache, read_feature_cache
 
 pytestmark = pytest.mark.slow
+TINY_PX = get_preset("tiny").image_size
 
 
 def _with_cache(spec, **fields):
@@ -32,7 +34,8 @@ def test_cache_matches_the_towers_and_is_computed_once(shapes_ingest):
     keys = list(records)[:10]
     expected = towers(towers.preprocess([records[k]["image"] for k in keys]))
     got = torch.stack([cached[k] for k in keys])
-    assert got.dtype == torch.float16 and got.shape == (10, 8, 64)  # tiny: 8 queries x 64
+    preset = get_preset("tiny")
+    assert got.dtype == torch.float16 and got.shape == (10, preset.num_query_tokens, preset.qformer_hidden)
     torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=2e-3)
 
     again = build_feature_cache(spec, out, log=lambda _: None)
@@ -51,10 +54,10 @@ def test_cache_is_tied_to_preset_image_size_and_weights(shapes_ingest):
     smaller = build_feature_cache(_with_cache(shapes_ingest["spec"], image_size=16), out, log=lambda _: None)
     reseeded = build_feature_cache(_with_cache(shapes_ingest["spec"], seed=1), out, log=lambda _: None)
     assert len({base["path"], smaller["path"], reseeded["path"]}) == 3
-    assert "tiny-32px-float16" in base["cache_id"] and "tiny-16px-float16" in smaller["cache_id"]
+    assert f"tiny-{TINY_PX}px-float16" in base["cache_id"] and "tiny-16px-float16" in smaller["cache_id"]
     digest = build_towers(FeatureCacheSpec(seed=1)).digest()
-    assert str(find_feature_cache(out, "tiny", 32, digest)) == reseeded["path"]
-    assert find_feature_cache(out, "tiny", 64, digest) is None
+    assert str(find_feature_cache(out, "tiny", TINY_PX, digest)) == reseeded["path"]
+    assert find_feature_cache(out, "tiny", 2 * TINY_PX, digest) is None
 
 
 def test_flow_builds_the_cache_when_the_spec_asks(shapes_ingest, prefect_api, tmp_path):
@@ -65,4 +68,4 @@ def test_flow_builds_the_cache_when_the_spec_asks(shapes_ingest, prefect_api, tm
     path = spec_file(tmp_path, "shapes_test", **fields)
     summary = ingest_flow(str(path), str(shapes_ingest["dir"]))
     assert summary["feature_cache"]["samples"] == summary["samples"]
-    assert summary["feature_cache"]["cache_id"].startswith("tiny-32px-float16-")
+    assert summary["feature_cache"]["cache_id"].startswith(f"tiny-{TINY_PX}px-float16-")

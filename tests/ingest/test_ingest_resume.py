@@ -41,12 +41,23 @@ def test_sigkill_then_rerun_gives_each_sample_once(tmp_path):
     # each good image answers after 0.1 s and 2 threads fetch them: a shard takes ~1 s
     with FaultServer(good_delay_s=0.1) as server:
         rows = fault_url_rows(server.base_url, SHARDS * PER_SHARD, {})
-        spec_path = spec_file(tmp_path, "resume", kind="url_list", url_list=str(url_list_file(tmp_path, rows)),
-                              input_format="parquet", number_sample_per_shard=PER_SHARD, min_success_rate=1.0,
-                              **{**FAST_DOWNLOAD, "thread_count": 2})
+        spec_path = spec_file(
+            tmp_path,
+            "resume",
+            kind="url_list",
+            url_list=str(url_list_file(tmp_path, rows)),
+            input_format="parquet",
+            number_sample_per_shard=PER_SHARD,
+            min_success_rate=1.0,
+            **{**FAST_DOWNLOAD, "thread_count": 2},
+        )
         out = tmp_path / "out"
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.ingest", str(spec_path), str(out), "--progress-s",
-                                 "0.5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.ingest", str(spec_path), str(out), "--progress-s", "0.5"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 120
         while len(_stats_files(out)) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
@@ -80,4 +91,6 @@ def test_sigkill_then_rerun_gives_each_sample_once(tmp_path):
     assert manifest["totals"]["success"] == SHARDS * PER_SHARD
     # no partial leftovers: one tar, parquet and stats per shard and nothing else
     names = sorted(p.name for p in (out / "shards").iterdir())
-    assert names == sorted(f"{i:05d}{ext}" for i in range(SHARDS) for ext in (".tar", ".parquet", "_stats.json"))
+    assert names == sorted(
+        f"{i:05d}{ext}" for i in range(SHARDS) for ext in (".tar", ".parquet", "_stats.json")
+    )

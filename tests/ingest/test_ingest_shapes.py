@@ -22,9 +22,15 @@ N = SHAPES["num_train"] + SHAPES["num_heldout"]
 def test_manifest_counts_equal_what_the_server_served(shapes_ingest):
     manifest, out = shapes_ingest["manifest"], shapes_ingest["dir"]
     assert manifest["loopback_served"] == {"ok": N}
-    assert manifest["totals"] | {"bytes": 0} == {"urls": N, "success": N, "failed_to_download": 0,
-                                                  "failed_to_resize": 0, "success_rate": 1.0, "bytes": 0,
-                                                  "skipped_rows": 0}
+    assert manifest["totals"] | {"bytes": 0} == {
+        "urls": N,
+        "success": N,
+        "failed_to_download": 0,
+        "failed_to_resize": 0,
+        "success_rate": 1.0,
+        "bytes": 0,
+        "skipped_rows": 0,
+    }
     assert manifest["errors"] == {} and manifest["reasons"] == {}
     assert manifest["splits"] == {"heldout": SHAPES["num_heldout"], "train": SHAPES["num_train"]}
     assert [s["urls"] for s in manifest["shards"]] == [32, 32, 16]
@@ -67,8 +73,9 @@ def test_read_records_returns_annotations_intact_and_splits_apart(shapes_ingest)
         for item in ann["shapes"]:  # the stored 32-px pixels still show each shape's colour
             x1, y1, x2, y2 = (round(v * 32 / 100) for v in item["box"])
             pixel = image.getpixel(((x1 + x2) // 2, (y1 + y2) // 2))
-            nearest = min(sw.COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(sw.COLOURS[c], pixel,
-                                                                                     strict=True)))
+            nearest = min(
+                sw.COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(sw.COLOURS[c], pixel, strict=True))
+            )
             assert nearest == item["colour"]
 
 
@@ -106,3 +113,29 @@ def test_a_changed_shard_shaping_setting_starts_afresh(shapes_ingest, tmp_path):
     assert [s["urls"] for s in manifest["shards"]] == [40, 40]
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["00000.tar", "00001.tar"]
     assert [r["key"] for r in read_records(out)] == [s.key for s in sw.generate_scenes(**SHAPES)]
+
+
+def test_two_ingests_into_one_folder_are_refused(shapes_ingest):
+    import fcntl
+
+    from tasks.ingest import IngestError
+
+    with open(shapes_ingest["dir"] / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(IngestError, match="another ingest is writing into"):
+            ingest_source(shapes_ingest["spec"], shapes_ingest["dir"], log=lambda _: None)
+
+
+def test_in_memory_records_match_the_downloaded_ones(shapes_ingest):
+    import numpy as np
+
+    downloaded = list(read_records(shapes_ingest["dir"]))
+    in_memory = sw.in_memory_records(
+        SHAPES["num_train"], SHAPES["num_heldout"], SHAPES["seed"], image_size=32
+    )
+    assert [(r["key"], r["split"], r["caption"], r["annotations"]) for r in in_memory] == [
+        (r["key"], r["split"], r["caption"], r["annotations"]) for r in downloaded
+    ]
+    for a, b in zip(in_memory[:20], downloaded[:20], strict=True):
+        diff = np.abs(np.asarray(a["image"], dtype=float) - np.asarray(b["image"], dtype=float))
+        assert a["image"].size == b["image"].size and diff.mean() < 2.0  # cv2 area vs PIL box resize

@@ -21,7 +21,10 @@ def test_shipped_source_specs_load():
         header = path.read_text().splitlines()[:8]
         assert any("vlmpipe ingest" in line for line in header), f"{path.name}: header lacks the command"
     demo = load_source_spec(SHIPPED[[p.stem for p in SHIPPED].index("shapes_world")])
-    assert demo.shapes_world.canvas_size == 64 and demo.image_size == 32
+    from model import get_preset
+
+    # the demo stores images at the size the tiny preset's tower reads
+    assert demo.image_size == get_preset("tiny").image_size
     spark = load_source_spec(SHIPPED[[p.stem for p in SHIPPED].index("laion_pyspark")])
     assert spark.distributor == "pyspark" and spark.spark.master.startswith("spark://")
 
@@ -47,22 +50,43 @@ def test_knobs_reach_img2dataset_under_their_own_names(write_spec):
         ({"kind": "shapes_world"}, "shapes_world", "kind shapes_world needs this block"),
         ({"kind": "shapes_world", "shapes_world": {"num_train": 5}, "url_list": "x"}, "url_list", "remove"),
         ({"kind": "cc3m", "url_list": "x", "shapes_world": {"num_train": 5}}, "shapes_world", "only applies"),
-        ({"kind": "shapes_world", "shapes_world": {"num_train": 0}}, "shapes_world.num_train", "greater than"),
-        ({"kind": "shapes_world", "shapes_world": {"num_train": 5, "colours": 3}}, "shapes_world.colours",
-         "unknown field"),
+        (
+            {"kind": "shapes_world", "shapes_world": {"num_train": 0}},
+            "shapes_world.num_train",
+            "greater than",
+        ),
+        (
+            {"kind": "shapes_world", "shapes_world": {"num_train": 5, "colours": 3}},
+            "shapes_world.colours",
+            "unknown field",
+        ),
         ({"kind": "laion", "url_list": "x.json"}, "kind", "input should be"),
         ({"kind": "cc3m"}, "url_list", "kind cc3m needs the file"),
         ({"kind": "url_list", "url_list": "x.csv"}, "input_format", "kind url_list needs it"),
-        ({"kind": "sbu", "url_list": "x.json", "input_format": "csv"}, "input_format", "fixed published format"),
+        (
+            {"kind": "sbu", "url_list": "x.json", "input_format": "csv"},
+            "input_format",
+            "fixed published format",
+        ),
         ({"kind": "cc3m", "url_list": "x.tsv", "image_sise": 64}, "image_sise", "unknown field"),
         ({"kind": "cc3m", "url_list": "x.tsv", "resize_mode": "stretch"}, "resize_mode", "input should be"),
         ({"kind": "cc3m", "url_list": "x.tsv", "min_success_rate": 1.5}, "min_success_rate", "less than"),
-        ({"kind": "cc3m", "url_list": "x.tsv", "output_format": "parquet"}, "output_format", "must include webdataset"),
+        (
+            {"kind": "cc3m", "url_list": "x.tsv", "output_format": "parquet"},
+            "output_format",
+            "must include webdataset",
+        ),
         ({"kind": "cc3m", "url_list": "x.tsv", "distributor": "ray"}, "distributor", "input should be"),
-        ({"kind": "cc3m", "url_list": "x.tsv", "encode_format": "png", "encode_quality": 95}, "encode_quality",
-         "zlib level"),
-        ({"kind": "cc3m", "url_list": "x.tsv", "feature_cache": {"dtype": "int8"}}, "feature_cache.dtype",
-         "input should be"),
+        (
+            {"kind": "cc3m", "url_list": "x.tsv", "encode_format": "png", "encode_quality": 95},
+            "encode_quality",
+            "zlib level",
+        ),
+        (
+            {"kind": "cc3m", "url_list": "x.tsv", "feature_cache": {"dtype": "int8"}},
+            "feature_cache.dtype",
+            "input should be",
+        ),
     ],
 )
 def test_bad_fields_name_file_and_field(write_spec, fields, field, words):
@@ -85,3 +109,25 @@ def test_bad_name_and_missing_file(tmp_path, write_spec):
 def test_model_has_descriptions_for_every_field():
     for name, field in SourceSpec.model_fields.items():
         assert field.description, f"SourceSpec.{name} has no description"
+
+
+def test_pyspark_distributor_reaches_the_worker_and_needs_pyspark(tmp_path, monkeypatch):
+    import importlib.util
+
+    from tasks.ingest import IngestError, ingest_source
+    from tasks.ingest_prepare import PreparedInput
+    from tasks.ingest_run import worker_config
+
+    spec = load_source_spec(SHIPPED[[p.stem for p in SHIPPED].index("laion_pyspark")])
+    prepared = PreparedInput(tmp_path, [("00000.parquet", 10)], ["similarity", "NSFW"], True, {})
+    config = worker_config(spec, prepared, tmp_path / "shards")
+    assert config["download"]["distributor"] == "pyspark" and config["download"]["subjob_size"] == 1000
+    assert config["spark"]["master"] == "spark://spark-master:7077"
+    assert config["download"]["incremental_mode"] == "incremental"
+    assert config["download"]["save_additional_columns"] == ["similarity", "NSFW"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyspark" else real(name, *a)
+    )
+    with pytest.raises(IngestError, match=r"distributor pyspark needs pyspark"):
+        ingest_source(spec, tmp_path / "out", log=lambda _: None)

@@ -22,8 +22,14 @@ def tar_path(tmp_path):
     path = tmp_path / "00000.tar"
     with open(path, "wb") as f, wds.TarWriter(f) as writer:
         for i in range(N):
-            writer.write({"__key__": f"{i:09d}", "jpg": sample_jpeg(i), "txt": f"caption {i}",
-                          "json": json.dumps({"url": f"http://h/{i}.jpg"})})
+            writer.write(
+                {
+                    "__key__": f"{i:09d}",
+                    "jpg": sample_jpeg(i),
+                    "txt": f"caption {i}",
+                    "json": json.dumps({"url": f"http://h/{i}.jpg"}),
+                }
+            )
     return path
 
 
@@ -49,9 +55,13 @@ def _members(path):
 def test_truncation_anywhere_is_caught(tar_path, where):
     members = _members(tar_path)
     last = members[-1]
-    cut = {"first header": 100, "first data": members[0].offset_data + 10, "middle": members[N].offset + 300,
-           "last data": last.offset_data + last.size - 1,
-           "end marker": last.offset_data + -(-last.size // 512) * 512}[where]  # all members, no end blocks
+    cut = {
+        "first header": 100,
+        "first data": members[0].offset_data + 10,
+        "middle": members[N].offset + 300,
+        "last data": last.offset_data + last.size - 1,
+        "end marker": last.offset_data + -(-last.size // 512) * 512,
+    }[where]  # all members, no end blocks
     tar_path.write_bytes(tar_path.read_bytes()[:cut])
     with pytest.raises(ShardInvalid, match="truncated"):
         scan_tar(tar_path)

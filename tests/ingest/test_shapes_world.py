@@ -91,7 +91,9 @@ def test_vqa_answers_are_right_and_closed():
                     assert n == len(ann["shapes"])
             elif item["qtype"] == "position":
                 colour, shape = re.match(r"where is the (\w+) (\w+)\?", q).groups()
-                assert [s["position"] for s in ann["shapes"] if (s["colour"], s["shape"]) == (colour, shape)] == [a]
+                assert [
+                    s["position"] for s in ann["shapes"] if (s["colour"], s["shape"]) == (colour, shape)
+                ] == [a]
             elif item["qtype"] == "yes/no":
                 colour, shape = re.match(r"is there a (\w+) (\w+)\?", q).groups()
                 present = any((s["colour"], s["shape"]) == (colour, shape) for s in ann["shapes"])
@@ -146,7 +148,12 @@ def test_text_corpus_covers_every_word_emitted():
     rng = random.Random(5)
     for scene in sw.generate_scenes(50, 0, seed=99):
         ann = sw.scene_annotations(scene)
-        texts = [sw.caption(ann), sw.grounded_caption(ann), sw.detailed_description(ann), sw.detection_text(ann)]
+        texts = [
+            sw.caption(ann),
+            sw.grounded_caption(ann),
+            sw.detailed_description(ann),
+            sw.detection_text(ann),
+        ]
         texts += [i["question"] + " " + i["answer"] for i in sw.vqa_items(ann, rng)]
         texts += [q + " " + a for q, a in sw.conversation(ann, rng)]
         for text in texts:
