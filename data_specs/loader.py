@@ -6,6 +6,7 @@ traceback; the CLI maps `SpecError` to exit status 2.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +51,8 @@ def _describe(err: dict) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field (check its spelling)"
+    if kind == "value_error":  # our validators' messages already say what was expected
+        return msg.removeprefix("Value error, ")
     shown = repr(given)
     if len(shown) > 60:
         shown = shown[:57] + "..."
@@ -79,10 +82,20 @@ def parse_spec(model: type[M], data: dict, path: str | Path, context: dict | Non
     try:
         return model.model_validate(data, context={"spec_path": Path(path), **(context or {})})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        more = exc.error_count() - 1
+        errors = exc.errors()
+        # a misspelt field also shows up as a missing one: report the misspelling, it is the cause
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
+        message = _describe(err)
+        if err["type"] == "extra_forbidden":
+            missing = [str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and tuple(e["loc"][:-1]) == tuple(err["loc"][:-1])]
+            close = difflib.get_close_matches(str(err["loc"][-1]), missing, n=1)
+            if close:
+                message = f"unknown field (did you mean {close[0]!r}?)"
+        more = len(errors) - 1
         suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-        raise SpecError(path, _field_path(err["loc"]), _describe(err) + suffix) from None
+        raise SpecError(path, _field_path(err["loc"]), message + suffix) from None
 
 
 def load_spec(model: type[M], path: str | Path) -> M:

@@ -53,7 +53,7 @@ BAD_CASES = {
     "negative weight": (
         lambda s: s.replace("task: vqa,                  weight: 45", "task: vqa, weight: -1"),
         "mixture.datasets[0].weight:"),
-    "typo in a field": (lambda s: s.replace("max_len:", "max_lenght:"), "max_lenght: unknown field"),
+    "typo in a field": (lambda s: s.replace("max_len:", "max_lenght:"), "max_lenght: unknown field (did you mean 'max_len'?)"),
     "missing field": (lambda s: s.replace("max_len: 192\n", ""), "max_len: required field is missing"),
     "bad task": (lambda s: s.replace("task: caption,", "task: captioning,"), "mixture.datasets[1].task:"),
     "yaml syntax": (lambda s: s.replace("mixture:\n", "mixture: [\n", 1), "YAML syntax error at line"),

@@ -16,11 +16,11 @@ def test_preprocessor_resizes_converts_and_normalises():
     grey = Image.new("L", (50, 20), color=255)  # non-RGB, non-square
     red = Image.new("RGB", (7, 9), color=(255, 0, 0))
     batch = process([grey, red])
-    assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.float32
+    assert batch.shape == (2, 3, preset.image_size, preset.image_size) and batch.dtype == torch.float32
     mean, std = torch.tensor(preset.image_mean), torch.tensor(preset.image_std)
     torch.testing.assert_close(batch[0, :, 5, 5], (1 - mean) / std)
     torch.testing.assert_close(batch[1, :, 3, 3], (torch.tensor([1.0, 0.0, 0.0]) - mean) / std)
-    assert process([]).shape == (0, 3, 32, 32)
+    assert process([]).shape == (0, 3, preset.image_size, preset.image_size)
     assert ImagePreprocessor.from_preset(get_preset("tinygptv-phi2").with_image_size(448)).image_size == 448
 
 

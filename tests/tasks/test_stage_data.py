@@ -63,7 +63,8 @@ def test_labels_only_on_answer_tokens(tiny, shapes_source):
         assert not labelled[batch.input_ids[row] == tiny.model.image_token_id].any()  # never on images
         text = tok.decode(batch.input_ids[row][labelled])
         assert "###Human" not in text and "Assistant" not in text and "[vqa]" not in text
-        assert text.count("###") == int(batch.segment_ids[row].max())  # one end symbol per answer
+        assert text.count("###") >= int(batch.segment_ids[row].max())  # every answer closes with the end symbol
+        assert text.endswith("###")
 
 
 def test_iterator_state_restores_the_same_batches(tiny, shapes_source):
