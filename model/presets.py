@@ -136,6 +136,7 @@ _TINY = ModelPreset(
         tie_word_embeddings=False,
     ),
     tokenizer=TINY_TOKENIZER,
+    extra={"sincos_positions": True},
 )
 
 # EVA ViT-g/14 and the Q-Former exactly as in BLIP-2 (Salesforce/blip2-opt-2.7b).
