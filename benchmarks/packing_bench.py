@@ -28,27 +28,45 @@ from tasks.stage_data import StageData, build_pools  # noqa: E402
 from tasks.training import build_model  # noqa: E402
 
 
-def measure(stage, built, pools, *, packing: bool, rows: int, steps: int, warmup: int = 3) -> dict[str, float]:
+def measure(
+    stage, built, pools, *, packing: bool, rows: int, steps: int, warmup: int = 3
+) -> dict[str, float]:
     model = built.model
-    data = StageData(stage, pools, built.tokenizer, image_token_id=model.image_token_id,
-                     num_query_tokens=built.preset.num_query_tokens, preprocess=built.preprocess,
-                     rows=rows, packing=packing)
+    data = StageData(
+        stage,
+        pools,
+        built.tokenizer,
+        image_token_id=model.image_token_id,
+        num_query_tokens=built.preset.num_query_tokens,
+        preprocess=built.preprocess,
+        rows=rows,
+        packing=packing,
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     real = cap = samples = 0
     elapsed = 0.0
     for step in range(warmup + steps):
         batch, pixels = data.next_batch()
         t0 = time.perf_counter()
-        out = model(input_ids=batch.input_ids, pixel_values=pixels, segment_ids=batch.segment_ids,
-                    attention_mask=batch.attention_mask, labels=batch.labels)
+        out = model(
+            input_ids=batch.input_ids,
+            pixel_values=pixels,
+            segment_ids=batch.segment_ids,
+            attention_mask=batch.attention_mask,
+            labels=batch.labels,
+        )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         if step >= warmup:
             elapsed += time.perf_counter() - t0
             real, cap, samples = real + batch.real_tokens, cap + batch.capacity, samples + batch.num_samples
-    return {"non_pad_share": real / cap, "tokens_per_s": real / elapsed, "samples_per_s": samples / elapsed,
-            "samples_per_step": samples / steps}
+    return {
+        "non_pad_share": real / cap,
+        "tokens_per_s": real / elapsed,
+        "samples_per_s": samples / elapsed,
+        "samples_per_step": samples / steps,
+    }
 
 
 def main() -> None:
@@ -61,19 +79,25 @@ def main() -> None:
     stage = load_stage_spec(args.stage)
     records = shapes_world.in_memory_records(args.images, 0, seed=0)
     stage_data._RECORD_CACHE[("bench", "train")] = records  # the benchmark needs no ingest
-    pools = build_pools(stage, {name: "bench" for name in {d.source for d in stage.mixture.datasets if d.source}})
+    pools = build_pools(
+        stage, {name: "bench" for name in {d.source for d in stage.mixture.datasets if d.source}}
+    )
     built, _ = build_model(ModelSpec(preset="tiny"), image_size=stage.image_size)
     set_trainable(built.model, stage.trainable, log=None)
     packed = measure(stage, built, pools, packing=True, rows=stage.schedule.batch_size, steps=args.steps)
     rows = max(1, round(packed["samples_per_step"]))
     padded = measure(stage, built, pools, packing=False, rows=rows, steps=args.steps)
-    print(f"stage {stage.name}: max_len {stage.max_len}, {args.steps} steps each, "
-          f"{packed['samples_per_step']:.1f} samples/step in both modes, torch threads {torch.get_num_threads()}")
+    print(
+        f"stage {stage.name}: max_len {stage.max_len}, {args.steps} steps each, "
+        f"{packed['samples_per_step']:.1f} samples/step in both modes, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'mode':<16}{'non-pad share':>14}{'real tok/s':>12}{'samples/s':>11}")
     for name, r in (("packed", packed), ("pad-to-longest", padded)):
         print(f"{name:<16}{r['non_pad_share']:>14.3f}{r['tokens_per_s']:>12.0f}{r['samples_per_s']:>11.1f}")
-    print(f"ratio packed / pad-to-longest: non-pad share {packed['non_pad_share'] / padded['non_pad_share']:.2f}x, "
-          f"tokens/s {packed['tokens_per_s'] / padded['tokens_per_s']:.2f}x")
+    print(
+        f"ratio packed / pad-to-longest: non-pad share {packed['non_pad_share'] / padded['non_pad_share']:.2f}x, "
+        f"tokens/s {packed['tokens_per_s'] / padded['tokens_per_s']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,11 @@ def parse_spec(model: type[M], data: dict, path: str | Path, context: dict | Non
         err = errors[0]
         message = _describe(err)
         if err["type"] == "extra_forbidden":
-            missing = [str(e["loc"][-1]) for e in errors
-                       if e["type"] == "missing" and tuple(e["loc"][:-1]) == tuple(err["loc"][:-1])]
+            missing = [
+                str(e["loc"][-1])
+                for e in errors
+                if e["type"] == "missing" and tuple(e["loc"][:-1]) == tuple(err["loc"][:-1])
+            ]
             close = difflib.get_close_matches(str(err["loc"][-1]), missing, n=1)
             if close:
                 message = f"unknown field (did you mean {close[0]!r}?)"

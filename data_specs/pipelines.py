@@ -93,15 +93,21 @@ def load_pipeline(path: str | Path) -> ResolvedPipeline:
         stage = load_stage_spec(stage_path)
         for j, ds in enumerate(stage.mixture.datasets):
             if ds.source is not None and ds.source not in sources:
-                raise SpecError(stage_path, f"mixture.datasets[{j}].source",
-                                f"unknown source {ds.source!r}; the pipeline {path.name} ingests "
-                                f"{', '.join(sorted(sources))}")
+                raise SpecError(
+                    stage_path,
+                    f"mixture.datasets[{j}].source",
+                    f"unknown source {ds.source!r}; the pipeline {path.name} ingests "
+                    f"{', '.join(sorted(sources))}",
+                )
         if stage.name in {s.name for s in stages}:
             raise SpecError(path, f"stages[{i}]", f"stage name {stage.name!r} appears twice")
         stages.append(stage)
     if spec.evaluation is not None and spec.evaluation.source not in sources:
-        raise SpecError(path, "evaluation.source",
-                        f"unknown source {spec.evaluation.source!r}; expected one of {', '.join(sorted(sources))}")
+        raise SpecError(
+            path,
+            "evaluation.source",
+            f"unknown source {spec.evaluation.source!r}; expected one of {', '.join(sorted(sources))}",
+        )
     return ResolvedPipeline(path, spec, sources, source_paths, stages, list(spec.stages))
 
 

@@ -33,17 +33,28 @@ class MixtureDataset(SpecModel):
 
     name: str = Field(description="Name shown in previews and metrics; unique within the stage.")
     task: Literal[TASKS] = Field(description="Task type; decides the identifier ([vqa], [refer], ...).")  # type: ignore[valid-type]
-    weight: float = Field(gt=0, description="Share of examples (normalised over the stage), or of batches "
-                          "when mixture.semantics is 'batches'.")
+    weight: float = Field(
+        gt=0,
+        description="Share of examples (normalised over the stage), or of batches "
+        "when mixture.semantics is 'batches'.",
+    )
     source: str | None = Field(None, description="An ingested source named in the pipeline (shards).")
-    adapter: str | None = Field(None, description="A dataset adapter in its official format (tasks/adapters).")
-    annotations: Path | None = Field(None, description="Annotation file for `adapter`; relative to this spec.")
-    image_root: Path | None = Field(None, description="Folder of the adapter's images; relative to this spec.")
+    adapter: str | None = Field(
+        None, description="A dataset adapter in its official format (tasks/adapters)."
+    )
+    annotations: Path | None = Field(
+        None, description="Annotation file for `adapter`; relative to this spec."
+    )
+    image_root: Path | None = Field(
+        None, description="Folder of the adapter's images; relative to this spec."
+    )
     split: str | None = Field(None, description="Split of the source to read (shapes world: train).")
     batch_size: int = Field(1, ge=1, description="Examples per draw; only used with semantics 'batches'.")
     instructions: list[str] | None = Field(
-        None, description="Instruction pool, each with at most one `{}` for the query; default: the "
-        "template registry's pool for the task.")
+        None,
+        description="Instruction pool, each with at most one `{}` for the query; default: the "
+        "template registry's pool for the task.",
+    )
 
     @field_validator("annotations", "image_root")
     @classmethod
@@ -74,8 +85,10 @@ class MixtureDataset(SpecModel):
 
 class Mixture(SpecModel):
     semantics: Literal["examples", "batches"] = Field(
-        "examples", description="'examples': weight = share of examples (exact, stratified); 'batches': "
-        "the original code's per-step dataset choice, one dataset per batch.")
+        "examples",
+        description="'examples': weight = share of examples (exact, stratified); 'batches': "
+        "the original code's per-step dataset choice, one dataset per batch.",
+    )
     datasets: list[MixtureDataset] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -105,7 +118,8 @@ class StageSpec(SpecModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Stage name, e.g. stage4_multitask.")
     description: str = ""
     template: Literal[TEMPLATES] = Field(  # type: ignore[valid-type]
-        description="Prompt template from the registry: image_text (stages 1-2) or human_assistant.")
+        description="Prompt template from the registry: image_text (stages 1-2) or human_assistant."
+    )
     end_sym: str = Field("###", description="Appended to every answer; generation stops at it.")
     max_len: int = Field(gt=8, description="Tokens per sequence, the image's query tokens included.")
     image_size: int | None = Field(None, gt=0, description="Input resolution; null = the preset's.")
@@ -114,7 +128,9 @@ class StageSpec(SpecModel):
     trainable: list[str] = Field(min_length=1, description=f"Groups to train: {', '.join(TRAINABLE_GROUPS)}.")
     schedule: Schedule
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast halves activation memory.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations: less memory, ~30% slower."
+    )
     seed: int = 42
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(0, ge=0, description="Steps between resumable checkpoints; 0 = end only.")

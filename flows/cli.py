@@ -100,9 +100,13 @@ def _report(summary: dict, home: Path) -> None:
     metrics = summary["metrics"]
     for name in ("vqa", "refer"):
         if f"{name}_accuracy" in metrics:
-            print(f"  {name + '_accuracy':<24} {metrics[name + '_accuracy']:.3f}  (chance {metrics[name + '_chance']:.3f})")
+            print(
+                f"  {name + '_accuracy':<24} {metrics[name + '_accuracy']:.3f}  (chance {metrics[name + '_chance']:.3f})"
+            )
     if "caption_bleu4" in metrics:
-        print(f"  {'caption_bleu4':<24} {metrics['caption_bleu4']:.3f}  (chance {metrics['caption_bleu4_chance']:.3f})")
+        print(
+            f"  {'caption_bleu4':<24} {metrics['caption_bleu4']:.3f}  (chance {metrics['caption_bleu4_chance']:.3f})"
+        )
     print(f"checkpoint      {summary['checkpoint']}")
     print(f"run folder      {summary['run_dir']}")
     print(f"MLflow store    {uri}  (experiment {summary['experiment']}, run {summary['mlflow_run_id']})")
@@ -110,8 +114,10 @@ def _report(summary: dict, home: Path) -> None:
         print(f"registered      {summary['registered_model']} version {summary['model_version']}")
     if uri.startswith("sqlite:"):
         print(f"open the UI     .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
-    print(f"Prefect records PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
-          ".venv/bin/prefect server start   (then http://127.0.0.1:4200)")
+    print(
+        f"Prefect records PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
+        ".venv/bin/prefect server start   (then http://127.0.0.1:4200)"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -150,8 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home")
     p.set_defaults(func=cmd_spec_preview)
 
-    for name, helptext in (("run", "run a pipeline spec on Prefect's local API"),
-                           ("demo", "run the whole pipeline on the embedded shapes-world default")):
+    for name, helptext in (
+        ("run", "run a pipeline spec on Prefect's local API"),
+        ("demo", "run the whole pipeline on the embedded shapes-world default"),
+    ):
         p = sub.add_parser(name, help=helptext)
         if name == "run":
             p.add_argument("pipeline_spec")

@@ -44,18 +44,31 @@ def train_stage_flow(
     rp = load_pipeline(pipeline_spec)
     index = [s.name for s in rp.stages].index(stage_name)
     stage, stage_path = rp.stages[index], rp.stage_paths[index]
-    with tracked_run("", f"stage-{stage_name}", parent=tracking, tags={"vlmpipe.step": "stage",
-                                                                      "vlmpipe.stage": stage_name}) as run:
+    with tracked_run(
+        "",
+        f"stage-{stage_name}",
+        parent=tracking,
+        tags={"vlmpipe.step": "stage", "vlmpipe.stage": stage_name},
+    ) as run:
         run.log_params(stage.model_dump(mode="json"), prefix="stage.")
         run.log_artifact(stage_path, "spec")
-        summary = train_stage(stage, rp.spec.model, data_dirs=data_dirs, output_dir=output_dir,
-                              init_checkpoint=init_checkpoint, tracker=run, log=logger.info)
+        summary = train_stage(
+            stage,
+            rp.spec.model,
+            data_dirs=data_dirs,
+            output_dir=output_dir,
+            init_checkpoint=init_checkpoint,
+            tracker=run,
+            log=logger.info,
+        )
         run.log_dict(summary, "summary.json")
     return {**summary, "stage": stage_name, "mlflow_run_id": run.run_id}
 
 
 @flow(name="evaluate", validate_parameters=False)
-def evaluate_flow(pipeline_spec: str, checkpoint: str, data_dirs: dict[str, str], tracking: dict[str, str]) -> dict:
+def evaluate_flow(
+    pipeline_spec: str, checkpoint: str, data_dirs: dict[str, str], tracking: dict[str, str]
+) -> dict:
     from tasks.evaluation import evaluate_checkpoint
 
     logger = get_run_logger()
@@ -66,9 +79,18 @@ def evaluate_flow(pipeline_spec: str, checkpoint: str, data_dirs: dict[str, str]
     with tracked_run("", "evaluate", parent=tracking, tags={"vlmpipe.step": "evaluate"}) as run:
         run.log_params({**ev.model_dump(mode="json"), "checkpoint": checkpoint, "template": template})
         metrics, table = evaluate_checkpoint(
-            checkpoint, rp.spec.model, data_dir=data_dirs[ev.source], split=ev.split, tasks=list(ev.tasks),
-            max_images=ev.max_images, batch_size=ev.batch_size, seed=ev.seed, template=template,
-            end_sym=last.end_sym, log=logger.info)
+            checkpoint,
+            rp.spec.model,
+            data_dir=data_dirs[ev.source],
+            split=ev.split,
+            tasks=list(ev.tasks),
+            max_images=ev.max_images,
+            batch_size=ev.batch_size,
+            seed=ev.seed,
+            template=template,
+            end_sym=last.end_sym,
+            log=logger.info,
+        )
         run.log_metrics(metrics)
         run.log_table(table, "predictions.json")
     return {"metrics": metrics, "mlflow_run_id": run.run_id}
@@ -81,8 +103,11 @@ def register_model(parent: Tracker, checkpoint: str, name: str) -> int:
     parent.log_artifact(checkpoint, "model")
     client = parent.client
     try:
-        client.create_registered_model(name, description="vlmpipe: final stage checkpoint (trainable weights, "
-                                       "tokenizer, config). Load with model.checkpoint.load_checkpoint.")
+        client.create_registered_model(
+            name,
+            description="vlmpipe: final stage checkpoint (trainable weights, "
+            "tokenizer, config). Load with model.checkpoint.load_checkpoint.",
+        )
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
@@ -104,8 +129,9 @@ def pipeline_flow(pipeline_spec: str, home: str, run_name: str | None = None) ->
     config = resolved_config(rp)
     (run_dir / "resolved_config.json").write_text(json.dumps(config, indent=2))
 
-    parent = start_run(spec.tracking.experiment, run_name,
-                       tags={"vlmpipe.pipeline": spec.name, "vlmpipe.step": "pipeline"})
+    parent = start_run(
+        spec.tracking.experiment, run_name, tags={"vlmpipe.pipeline": spec.name, "vlmpipe.step": "pipeline"}
+    )
     try:
         parent.log_params(config["pipeline"])
         log_json_artifact(parent, config, "resolved_config.json")
@@ -123,12 +149,22 @@ def pipeline_flow(pipeline_spec: str, home: str, run_name: str | None = None) ->
         checkpoint: str | None = None
         stage_results = []
         for stage in rp.stages:
-            result = train_stage_flow(stage.name, str(rp.path), checkpoint, data_dirs,
-                                      str(run_dir / "stages" / stage.name), parent.handle())
+            result = train_stage_flow(
+                stage.name,
+                str(rp.path),
+                checkpoint,
+                data_dirs,
+                str(run_dir / "stages" / stage.name),
+                parent.handle(),
+            )
             checkpoint = result["checkpoint"]
             stage_results.append(result)
-            parent.log_metrics({f"{stage.name}.loss_start": result.get("loss_start", float("nan")),
-                                f"{stage.name}.loss_end": result.get("loss_end", float("nan"))})
+            parent.log_metrics(
+                {
+                    f"{stage.name}.loss_start": result.get("loss_start", float("nan")),
+                    f"{stage.name}.loss_end": result.get("loss_end", float("nan")),
+                }
+            )
 
         metrics: dict[str, float] = {}
         if spec.evaluation is not None:
@@ -152,8 +188,10 @@ def pipeline_flow(pipeline_spec: str, home: str, run_name: str | None = None) ->
         "experiment": spec.tracking.experiment,
         "registered_model": spec.tracking.registered_model,
         "model_version": version,
-        "stages": [{k: r.get(k) for k in ("stage", "loss_start", "loss_end", "checkpoint", "mlflow_run_id")}
-                   for r in stage_results],
+        "stages": [
+            {k: r.get(k) for k in ("stage", "loss_start", "loss_end", "checkpoint", "mlflow_run_id")}
+            for r in stage_results
+        ],
         "metrics": metrics,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

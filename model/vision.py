@@ -18,8 +18,9 @@ def sincos_position_embedding(grid: int, dim: int) -> torch.Tensor:
     half the channels encode the row, half the column, at geometric frequencies (as in MAE)."""
     quarter = dim // 4
     freqs = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
     parts = []
     for coord in (rows.flatten(), cols.flatten()):
         angles = coord[:, None] * freqs[None, :]
@@ -43,7 +44,9 @@ def build_vision_tower(preset: ModelPreset) -> Blip2VisionModel:
     if preset.extra.get("sincos_positions"):
         grid = config.image_size // config.patch_size
         with torch.no_grad():
-            tower.embeddings.position_embedding.copy_(sincos_position_embedding(grid, config.hidden_size)[None])
+            tower.embeddings.position_embedding.copy_(
+                sincos_position_embedding(grid, config.hidden_size)[None]
+            )
     return tower
 
 

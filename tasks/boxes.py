@@ -10,7 +10,9 @@ import re
 
 Box = tuple[int, int, int, int]
 
-_BOX_RE = re.compile(r"\{\s*<\s*(\d{1,3})\s*>\s*<\s*(\d{1,3})\s*>\s*<\s*(\d{1,3})\s*>\s*<\s*(\d{1,3})\s*>\s*\}")
+_BOX_RE = re.compile(
+    r"\{\s*<\s*(\d{1,3})\s*>\s*<\s*(\d{1,3})\s*>\s*<\s*(\d{1,3})\s*>\s*<\s*(\d{1,3})\s*>\s*\}"
+)
 
 
 def normalise_box(x1: float, y1: float, x2: float, y2: float, width: float, height: float) -> Box:

@@ -126,9 +126,16 @@ class MixtureSampler:
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"global": self._global, "block": self._b, "offset": self._off,
-                "alloc": list(self._alloc), "cursor": list(self._cursor), "seed": self.seed,
-                "shares": list(self.shares), "sizes": list(self.sizes)}
+        return {
+            "global": self._global,
+            "block": self._b,
+            "offset": self._off,
+            "alloc": list(self._alloc),
+            "cursor": list(self._cursor),
+            "seed": self.seed,
+            "shares": list(self.shares),
+            "sizes": list(self.sizes),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["sizes"] != list(self.sizes) or state["seed"] != self.seed:

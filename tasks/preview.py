@@ -18,7 +18,11 @@ from tasks.packing import IGNORE, Batch
 def render_tokens(batch: Batch, row: int, tokenizer, image_token_id: int) -> list[str]:
     """The samples of one packed row as the model sees them; answers (the loss) in [[ ]]."""
     out = []
-    ids, labels, segs = batch.input_ids[row].tolist(), batch.labels[row].tolist(), batch.segment_ids[row].tolist()
+    ids, labels, segs = (
+        batch.input_ids[row].tolist(),
+        batch.labels[row].tolist(),
+        batch.segment_ids[row].tolist(),
+    )
     for seg in sorted(set(segs) - {0}):
         idx = [i for i, s in enumerate(segs) if s == seg]
         n_image = sum(ids[i] == image_token_id for i in idx)
@@ -37,8 +41,15 @@ def render_tokens(batch: Batch, row: int, tokenizer, image_token_id: int) -> lis
     return out
 
 
-def preview_stage(stage: StageSpec, data_dirs: dict[str, str], *, model_spec=None, samples: int = 5000,
-                  show: int = 3, packing: bool | None = None) -> dict[str, Any]:
+def preview_stage(
+    stage: StageSpec,
+    data_dirs: dict[str, str],
+    *,
+    model_spec=None,
+    samples: int = 5000,
+    show: int = 3,
+    packing: bool | None = None,
+) -> dict[str, Any]:
     from data_specs.pipelines import ModelSpec
     from model.image_processing import ImagePreprocessor
     from model.presets import get_preset
@@ -51,9 +62,15 @@ def preview_stage(stage: StageSpec, data_dirs: dict[str, str], *, model_spec=Non
     tokenizer = load_tokenizer(preset, corpus=tiny_corpus() if preset.tokenizer == "tiny-shapes" else None)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     pools = build_pools(stage, data_dirs)
-    data = StageData(stage, pools, tokenizer, image_token_id=image_token_id,
-                     num_query_tokens=preset.num_query_tokens, preprocess=ImagePreprocessor.from_preset(preset),
-                     packing=packing)
+    data = StageData(
+        stage,
+        pools,
+        tokenizer,
+        image_token_id=image_token_id,
+        num_query_tokens=preset.num_query_tokens,
+        preprocess=ImagePreprocessor.from_preset(preset),
+        packing=packing,
+    )
     counts: Counter = Counter()
     lengths: dict[int, list[int]] = {}
     real = capacity = images = rows = drawn = 0
@@ -78,11 +95,21 @@ def preview_stage(stage: StageSpec, data_dirs: dict[str, str], *, model_spec=Non
     weights = sum(p.spec.weight for p in pools)
     datasets = []
     for i, pool in enumerate(pools):
-        spec_share = data.sampler.shares[i] if stage.mixture.semantics == "batches" else pool.spec.weight / weights
+        spec_share = (
+            data.sampler.shares[i] if stage.mixture.semantics == "batches" else pool.spec.weight / weights
+        )
         lens = lengths.get(i, [0])
-        datasets.append({"name": pool.spec.name, "task": pool.spec.task, "examples": len(pool.examples),
-                         "spec_share": spec_share, "realized_share": counts[i] / drawn,
-                         "mean_tokens": sum(lens) / len(lens), "max_tokens": max(lens)})
+        datasets.append(
+            {
+                "name": pool.spec.name,
+                "task": pool.spec.task,
+                "examples": len(pool.examples),
+                "spec_share": spec_share,
+                "realized_share": counts[i] / drawn,
+                "mean_tokens": sum(lens) / len(lens),
+                "max_tokens": max(lens),
+            }
+        )
     return {
         "stage": stage.name,
         "samples": drawn,
@@ -99,11 +126,15 @@ def preview_stage(stage: StageSpec, data_dirs: dict[str, str], *, model_spec=Non
 
 
 def format_preview(p: dict[str, Any]) -> str:
-    lines = [f"stage {p['stage']}: {p['samples']} samples drawn, packing {'on' if p['packing'] else 'off'}",
-             f"{'dataset':<24}{'task':<22}{'spec':>8}{'realized':>10}{'mean tok':>10}{'max tok':>9}"]
+    lines = [
+        f"stage {p['stage']}: {p['samples']} samples drawn, packing {'on' if p['packing'] else 'off'}",
+        f"{'dataset':<24}{'task':<22}{'spec':>8}{'realized':>10}{'mean tok':>10}{'max tok':>9}",
+    ]
     for d in p["datasets"]:
-        lines.append(f"{d['name']:<24}{d['task']:<22}{d['spec_share']:>8.2%}{d['realized_share']:>10.2%}"
-                     f"{d['mean_tokens']:>10.1f}{d['max_tokens']:>9}")
+        lines.append(
+            f"{d['name']:<24}{d['task']:<22}{d['spec_share']:>8.2%}{d['realized_share']:>10.2%}"
+            f"{d['mean_tokens']:>10.1f}{d['max_tokens']:>9}"
+        )
     lines += [
         f"packing efficiency {p['packing_efficiency']:.3f} (non-pad tokens / all tokens)",
         f"per pack: {p['samples_per_pack']:.2f} samples, {p['images_per_pack']:.2f} images",
@@ -131,9 +162,14 @@ def preview_command(args) -> int:
         if not (folder / "manifest.json").is_file():
             spec_path = pipeline.source_paths.get(ds.source)
             hint = f"vlmpipe ingest {spec_path} --output {folder}" if spec_path else "ingest it first"
-            raise SpecError(args.stage_spec, f"mixture.datasets[{stage.mixture.datasets.index(ds)}].source",
-                            f"source {ds.source!r} is not ingested under {home}; run: {hint}")
+            raise SpecError(
+                args.stage_spec,
+                f"mixture.datasets[{stage.mixture.datasets.index(ds)}].source",
+                f"source {ds.source!r} is not ingested under {home}; run: {hint}",
+            )
         data_dirs[ds.source] = str(folder)
-    result = preview_stage(stage, data_dirs, model_spec=pipeline.spec.model, samples=args.samples, show=args.show)
+    result = preview_stage(
+        stage, data_dirs, model_spec=pipeline.spec.model, samples=args.samples, show=args.show
+    )
     print(json.dumps(result, indent=2) if args.json else format_preview(result))
     return 0

@@ -87,7 +87,9 @@ def build_pools(stage: StageSpec, data_dirs: dict[str, str | Path]) -> list[Exam
             for ex in examples:
                 ex.dataset = ds.name
             root = Path(ds.image_root) if ds.image_root else Path(".")
-            pools.append(ExamplePool(ds, examples, lambda ref, root=root: Image.open(root / ref).convert("RGB")))
+            pools.append(
+                ExamplePool(ds, examples, lambda ref, root=root: Image.open(root / ref).convert("RGB"))
+            )
         if not pools[-1].examples:
             raise ValueError(f"stage {stage.name}: dataset {ds.name} has no {ds.task} examples")
     return pools
@@ -111,7 +113,11 @@ class StageData:
         world_size: int = 1,
     ):
         self.stage, self.pools, self.tokenizer = stage, pools, tokenizer
-        self.image_token_id, self.num_query_tokens, self.preprocess = image_token_id, num_query_tokens, preprocess
+        self.image_token_id, self.num_query_tokens, self.preprocess = (
+            image_token_id,
+            num_query_tokens,
+            preprocess,
+        )
         self.sampler = MixtureSampler(
             [p.spec.weight for p in pools],
             [len(p.examples) for p in pools],
@@ -122,19 +128,32 @@ class StageData:
             world_size=world_size,
         )
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.packer = Packer(rows or stage.schedule.batch_size, stage.max_len, pad_id,
-                             packing=stage.packing if packing is None else packing)
+        self.packer = Packer(
+            rows or stage.schedule.batch_size,
+            stage.max_len,
+            pad_id,
+            packing=stage.packing if packing is None else packing,
+        )
         self.truncated = 0
 
     def encode(self, ref: SampleRef) -> EncodedSample:
         pool = self.pools[ref.dataset]
         example = pool.examples[ref.example]
         # the instruction choice is seeded by the draw number: a resumed stream renders the same text
-        segments = render(example, self.stage.template, end_sym=self.stage.end_sym,
-                          instructions=pool.spec.instructions, rng=random.Random(f"{self.stage.seed}:{ref.draw}"))
+        segments = render(
+            example,
+            self.stage.template,
+            end_sym=self.stage.end_sym,
+            instructions=pool.spec.instructions,
+            rng=random.Random(f"{self.stage.seed}:{ref.draw}"),
+        )
         ids, labels, truncated = encode_segments(
-            segments, self.tokenizer, image_token_id=self.image_token_id,
-            num_query_tokens=self.num_query_tokens if example.has_image else 0, max_len=self.stage.max_len)
+            segments,
+            self.tokenizer,
+            image_token_id=self.image_token_id,
+            num_query_tokens=self.num_query_tokens if example.has_image else 0,
+            max_len=self.stage.max_len,
+        )
         self.truncated += truncated
         image = (ref.dataset, example.image) if example.has_image else None
         return EncodedSample(ids, labels, image=image, dataset=ref.dataset, ref=ref, truncated=truncated)

@@ -19,11 +19,17 @@ IMAGE_BLOCK = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
 DEFAULT_INSTRUCTIONS: dict[str, list[str]] = {
     "image_text": [""],
     "caption": ["Briefly describe this image.", "A short caption for this image:", "Summarise the image."],
-    "detailed_description": ["Describe this image in detail.", "Take a close look at the image and describe it."],
+    "detailed_description": [
+        "Describe this image in detail.",
+        "Take a close look at the image and describe it.",
+    ],
     "vqa": ["{}", "Based on the image, answer with a short answer: {}"],
     "refer": ["{}", "where is {}?", "give me the location of {}"],
     "identify": ["{}", "what is in the region {}?"],
-    "grounding": ["Describe this image with the location of each object.", "describe the image and ground each object"],
+    "grounding": [
+        "Describe this image with the location of each object.",
+        "describe the image and ground each object",
+    ],
     "detection": ["{}"],
     "conversation": ["{}"],
     "text_instruction": ["{}"],

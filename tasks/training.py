@@ -42,8 +42,14 @@ def tiny_corpus() -> list[str]:
 
     texts = list(shapes_world.text_corpus())
     texts += [i for pool in DEFAULT_INSTRUCTIONS.values() for i in pool]
-    texts += ["###Human: ", " ###Assistant: ", "###", IMAGE_BLOCK, "[vqa] [caption] [refer] [identify] "
-              "[grounding] [detection]", " ".join(f"{{<{i}><{i}><{i}><{i}>}}" for i in range(101))]
+    texts += [
+        "###Human: ",
+        " ###Assistant: ",
+        "###",
+        IMAGE_BLOCK,
+        "[vqa] [caption] [refer] [identify] [grounding] [detection]",
+        " ".join(f"{{<{i}><{i}><{i}><{i}>}}" for i in range(101)),
+    ]
     return texts
 
 
@@ -55,8 +61,13 @@ class BuiltModel:
     preprocess: Any
 
 
-def build_model(model_spec: ModelSpec, *, image_size: int | None = None, init_checkpoint: str | Path | None = None,
-                log: Callable[[str], None] = print) -> tuple[BuiltModel, list[str]]:
+def build_model(
+    model_spec: ModelSpec,
+    *,
+    image_size: int | None = None,
+    init_checkpoint: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[BuiltModel, list[str]]:
     """The pipeline's model, with the previous checkpoint loaded. Returns the groups that differ
     from the base model so far (what every later checkpoint must keep)."""
     from model.checkpoint import load_checkpoint, load_tokenizer_from_checkpoint
@@ -72,13 +83,19 @@ def build_model(model_spec: ModelSpec, *, image_size: int | None = None, init_ch
     if init_checkpoint is not None:
         tokenizer = load_tokenizer_from_checkpoint(init_checkpoint)
     else:
-        tokenizer = load_tokenizer(preset, corpus=tiny_corpus() if preset.tokenizer == "tiny-shapes" else None)
+        tokenizer = load_tokenizer(
+            preset, corpus=tiny_corpus() if preset.tokenizer == "tiny-shapes" else None
+        )
     lora = model_spec.lora
     torch.manual_seed(model_spec.seed)
     model = VisionLanguageModel.from_preset(
-        preset, tokenizer, lora=LoraSettings(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                                             target_modules=tuple(lora.target_modules)),
-        pretrained=model_spec.pretrained)
+        preset,
+        tokenizer,
+        lora=LoraSettings(
+            r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=tuple(lora.target_modules)
+        ),
+        pretrained=model_spec.pretrained,
+    )
     groups: list[str] = []
     if init_checkpoint is not None:
         info = load_checkpoint(init_checkpoint, model)
@@ -131,7 +148,9 @@ def train_stage(
 
     random.seed(stage.seed)
     torch.manual_seed(stage.seed)
-    built, prior_groups = build_model(model_spec, image_size=stage.image_size, init_checkpoint=init_checkpoint, log=log)
+    built, prior_groups = build_model(
+        model_spec, image_size=stage.image_size, init_checkpoint=init_checkpoint, log=log
+    )
     model = built.model
     counts = set_trainable(model, stage.trainable, log=log)
     keep_groups = list(dict.fromkeys(prior_groups + list(stage.trainable)))
@@ -139,8 +158,14 @@ def train_stage(
         model.enable_gradient_checkpointing()
 
     pools = build_pools(stage, data_dirs)
-    data = StageData(stage, pools, built.tokenizer, image_token_id=model.image_token_id,
-                     num_query_tokens=built.preset.num_query_tokens, preprocess=built.preprocess)
+    data = StageData(
+        stage,
+        pools,
+        built.tokenizer,
+        image_token_id=model.image_token_id,
+        num_query_tokens=built.preset.num_query_tokens,
+        preprocess=built.preprocess,
+    )
     sched = stage.schedule
     optimizer = torch.optim.AdamW(_param_groups(model, sched.weight_decay), lr=sched.lr, betas=sched.betas)
     start_step, losses = 0, []
@@ -154,19 +179,39 @@ def train_stage(
         log(f"stage {stage.name}: resuming at step {start_step} from {resume_dir}")
 
     if tracker is not None:
-        tracker.log_params({"trainable_params": sum(counts.values()), "trainable_groups": ",".join(stage.trainable),
-                            "init_checkpoint": init_checkpoint or "(base model)"})
+        tracker.log_params(
+            {
+                "trainable_params": sum(counts.values()),
+                "trainable_groups": ",".join(stage.trainable),
+                "init_checkpoint": init_checkpoint or "(base model)",
+            }
+        )
     autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=stage.precision == "bf16")
     meter = Throughput(flops_per_token=flops_per_token(model))
     model.train()
     end_step = sched.steps if max_steps is None else min(sched.steps, max_steps)
 
     def save(directory: Path, step: int) -> None:
-        training_state = {"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
-                          "data": data.state_dict(), "rng": _rng_state()}
-        save_checkpoint(directory, model, keep_groups, tokenizer=built.tokenizer, training_state=training_state,
-                        metadata={"stage": stage.name, "step": step, "preset": built.preset.name,
-                                  "image_size": built.preset.image_size})
+        training_state = {
+            "step": step,
+            "losses": losses,
+            "optimizer": optimizer.state_dict(),
+            "data": data.state_dict(),
+            "rng": _rng_state(),
+        }
+        save_checkpoint(
+            directory,
+            model,
+            keep_groups,
+            tokenizer=built.tokenizer,
+            training_state=training_state,
+            metadata={
+                "stage": stage.name,
+                "step": step,
+                "preset": built.preset.name,
+                "image_size": built.preset.image_size,
+            },
+        )
 
     for step in range(start_step, end_step):
         lr = lr_at(step, sched)
@@ -176,12 +221,19 @@ def train_stage(
         batch, pixels = data.next_batch()
         t1 = time.perf_counter()
         with autocast:
-            out = model(input_ids=batch.input_ids, pixel_values=pixels, segment_ids=batch.segment_ids,
-                        attention_mask=batch.attention_mask, labels=batch.labels)
+            out = model(
+                input_ids=batch.input_ids,
+                pixel_values=pixels,
+                segment_ids=batch.segment_ids,
+                attention_mask=batch.attention_mask,
+                labels=batch.labels,
+            )
         loss = out.loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
-                                     "schedule.lr or check the data (vlmpipe spec preview)")
+            raise FloatingPointError(
+                f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
+                "schedule.lr or check the data (vlmpipe spec preview)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -195,14 +247,20 @@ def train_stage(
         meter.add(tokens=batch.real_tokens, samples=batch.num_samples, data_s=t1 - t0, compute_s=t2 - t1)
         if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
             figures = meter.report()
-            metrics = {"loss": loss_value, "lr": lr, "packing_efficiency": batch.real_tokens / batch.capacity,
-                       **figures}
+            metrics = {
+                "loss": loss_value,
+                "lr": lr,
+                "packing_efficiency": batch.real_tokens / batch.capacity,
+                **figures,
+            }
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step + 1)
-            log(f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f} lr {lr:.2e} "
-                f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}")
+            log(
+                f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f} lr {lr:.2e} "
+                f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}"
+            )
         if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0 and step + 1 < sched.steps:
             save(resume_dir, step + 1)
 
@@ -222,7 +280,14 @@ def train_stage(
         "groups": keep_groups,
     }
     if tracker is not None:
-        tracker.log_metrics({"loss_start": summary["loss_start"], "loss_end": summary["loss_end"],
-                             "truncated_samples": data.truncated})
-    log(f"stage {stage.name}: loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}; checkpoint {final_dir}")
+        tracker.log_metrics(
+            {
+                "loss_start": summary["loss_start"],
+                "loss_end": summary["loss_end"],
+                "truncated_samples": data.truncated,
+            }
+        )
+    log(
+        f"stage {stage.name}: loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}; checkpoint {final_dir}"
+    )
     return summary

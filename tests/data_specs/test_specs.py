@@ -19,15 +19,25 @@ STAGE4 = SPECS / "stages" / "stage4_multitask.yaml"
 
 
 def vlmpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=120,
+    )
 
 
 def test_demo_pipeline_resolves_sources_and_stages_in_order():
     rp = load_pipeline(DEMO)
     assert list(rp.sources) == ["shapes_world"]
-    assert [s.name for s in rp.stages] == ["shapes_base", "stage1_warmup", "stage2_pretrain",
-                                           "stage3_instruction", "stage4_multitask"]
+    assert [s.name for s in rp.stages] == [
+        "shapes_base",
+        "stage1_warmup",
+        "stage2_pretrain",
+        "stage3_instruction",
+        "stage4_multitask",
+    ]
     assert rp.stages[0].trainable[0] == "vision"  # base pre-training trains the towers
     for stage in rp.stages[1:]:  # the paper's stages keep towers and LM weights frozen
         assert not {"vision", "qformer", "language_model"} & set(stage.trainable)
@@ -49,11 +59,16 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 BAD_CASES = {
     "unknown group": (
         lambda s: s.replace("trainable: [projection, lora,", "trainable: [projektion, lora,"),
-        "trainable: unknown group 'projektion'"),
+        "trainable: unknown group 'projektion'",
+    ),
     "negative weight": (
         lambda s: s.replace("task: vqa,                  weight: 45", "task: vqa, weight: -1"),
-        "mixture.datasets[0].weight:"),
-    "typo in a field": (lambda s: s.replace("max_len:", "max_lenght:"), "max_lenght: unknown field (did you mean 'max_len'?)"),
+        "mixture.datasets[0].weight:",
+    ),
+    "typo in a field": (
+        lambda s: s.replace("max_len:", "max_lenght:"),
+        "max_lenght: unknown field (did you mean 'max_len'?)",
+    ),
     "missing field": (lambda s: s.replace("max_len: 192\n", ""), "max_len: required field is missing"),
     "bad task": (lambda s: s.replace("task: caption,", "task: captioning,"), "mixture.datasets[1].task:"),
     "yaml syntax": (lambda s: s.replace("mixture:\n", "mixture: [\n", 1), "YAML syntax error at line"),
@@ -73,10 +88,21 @@ def test_bad_stage_spec_gives_one_line_and_exit_2(tmp_path, case):
 
 
 def test_stage_naming_an_unknown_source_is_caught_at_pipeline_load(tmp_path):
-    stage = write(tmp_path, "s.yaml", STAGE4.read_text().replace("source: shapes_world, split: train, task: refer",
-                                                                 "source: laoin, split: train, task: refer"))
-    pipe = write(tmp_path, "p.yaml", DEMO.read_text().replace("../sources/", f"{SPECS}/sources/")
-                 .replace("../stages/stage4_multitask.yaml", str(stage)).replace("../stages/", f"{SPECS}/stages/"))
+    stage = write(
+        tmp_path,
+        "s.yaml",
+        STAGE4.read_text().replace(
+            "source: shapes_world, split: train, task: refer", "source: laoin, split: train, task: refer"
+        ),
+    )
+    pipe = write(
+        tmp_path,
+        "p.yaml",
+        DEMO.read_text()
+        .replace("../sources/", f"{SPECS}/sources/")
+        .replace("../stages/stage4_multitask.yaml", str(stage))
+        .replace("../stages/", f"{SPECS}/stages/"),
+    )
     with pytest.raises(SpecError) as err:
         load_pipeline(pipe)
     assert str(err.value).startswith(f"{stage}: mixture.datasets[2].source: unknown source 'laoin'")
@@ -96,8 +122,14 @@ def test_usage_error_exits_2():
 
 def test_json_schemas_are_generated_and_current(tmp_path):
     paths = write_schemas(tmp_path)
-    assert sorted(p.name for p in paths) == ["pipeline.schema.json", "source.schema.json", "stage.schema.json"]
+    assert sorted(p.name for p in paths) == [
+        "pipeline.schema.json",
+        "source.schema.json",
+        "stage.schema.json",
+    ]
     stage = json.loads((tmp_path / "stage.schema.json").read_text())
     assert "mixture" in stage["properties"] and "max_len" in stage["required"]
     for p in paths:  # the committed copies must match the models (run `make schema` after a change)
-        assert (SPECS / "schema" / p.name).read_text() == p.read_text(), f"run `make schema`: {p.name} is stale"
+        assert (SPECS / "schema" / p.name).read_text() == p.read_text(), (
+            f"run `make schema`: {p.name} is stale"
+        )

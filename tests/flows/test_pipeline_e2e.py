@@ -66,10 +66,16 @@ def pipeline_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mini")
     home = folder / "home"
     spec = mini_pipeline(folder)
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home), "--json"],
-                          capture_output=True, text=True, cwd=ROOT, env=env_for(home), timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_for(home),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
     return home, summary
 
 
@@ -109,7 +115,9 @@ def test_mlflow_holds_parent_nested_runs_metrics_and_registered_model(pipeline_r
     ingest = [r for r in nested if r.info.run_name == "ingest-shapes_world"][0]
     assert ingest.data.metrics["success"] == 108
     evaluate = [r for r in nested if r.info.run_name == "evaluate"][0]
-    assert {"vqa_accuracy", "vqa_chance", "refer_accuracy", "refer_chance", "caption_bleu4"} <= set(evaluate.data.metrics)
+    assert {"vqa_accuracy", "vqa_chance", "refer_accuracy", "refer_chance", "caption_bleu4"} <= set(
+        evaluate.data.metrics
+    )
     assert parent.data.params["model.preset"] == "tiny"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"resolved_config.json", "specs", "model"} <= artifacts
@@ -120,10 +128,14 @@ def test_mlflow_holds_parent_nested_runs_metrics_and_registered_model(pipeline_r
 def test_prefect_records_the_flow_runs_completed_in_dependency_order(pipeline_run):
     home, _ = pipeline_run
     env = env_for(home)
-    env.update(PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.run([sys.executable, "-c", PREFECT_QUERY], capture_output=True, text=True, env=env,
-                          timeout=300)
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", PREFECT_QUERY], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(r["state"] == "COMPLETED" for r in runs), runs

@@ -26,8 +26,15 @@ def tiny():
 
 def stage_data(built, data_dirs, **kwargs) -> StageData:
     stage = load_stage_spec(STAGE4)
-    return StageData(stage, build_pools(stage, data_dirs), built.tokenizer, image_token_id=built.model.image_token_id,
-                     num_query_tokens=built.preset.num_query_tokens, preprocess=built.preprocess, **kwargs)
+    return StageData(
+        stage,
+        build_pools(stage, data_dirs),
+        built.tokenizer,
+        image_token_id=built.model.image_token_id,
+        num_query_tokens=built.preset.num_query_tokens,
+        preprocess=built.preprocess,
+        **kwargs,
+    )
 
 
 def test_packed_samples_give_the_same_logits_as_alone(tiny, shapes_source):
@@ -63,7 +70,9 @@ def test_labels_only_on_answer_tokens(tiny, shapes_source):
         assert not labelled[batch.input_ids[row] == tiny.model.image_token_id].any()  # never on images
         text = tok.decode(batch.input_ids[row][labelled])
         assert "###Human" not in text and "Assistant" not in text and "[vqa]" not in text
-        assert text.count("###") >= int(batch.segment_ids[row].max())  # every answer closes with the end symbol
+        assert text.count("###") >= int(
+            batch.segment_ids[row].max()
+        )  # every answer closes with the end symbol
         assert text.endswith("###")
 
 

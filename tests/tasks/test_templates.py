@@ -12,7 +12,10 @@ from tasks.templates import clean_answer, prompt_text, render
 def test_stage1_pairs_have_no_prompt_and_the_caption_is_the_answer():
     ex = TaskExample("image_text", [Turn(None, "a red circle")], image="k")
     segs = render(ex, "image_text", end_sym="\n")
-    assert [(s.text, s.is_answer) for s in segs] == [("<Img><ImageHere></Img> ", False), ("a red circle\n", True)]
+    assert [(s.text, s.is_answer) for s in segs] == [
+        ("<Img><ImageHere></Img> ", False),
+        ("a red circle\n", True),
+    ]
 
 
 def test_vqa_gets_its_identifier_and_the_human_assistant_frame():
@@ -35,7 +38,9 @@ def test_multi_turn_conversation_marks_every_answer_and_does_not_double_the_sepa
     segs = render(ex, "human_assistant", end_sym="###")
     assert [s.is_answer for s in segs] == [False, True, False, True]
     assert "######" not in prompt_text(segs)
-    assert prompt_text(render(ex, "human_assistant", end_sym="###", with_answer=False)).endswith("q2 ###Assistant: ")
+    assert prompt_text(render(ex, "human_assistant", end_sym="###", with_answer=False)).endswith(
+        "q2 ###Assistant: "
+    )
 
 
 def test_text_only_instruction_has_no_image_block():

@@ -38,8 +38,13 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 
 def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
-    base = train_stage(small("shapes_base", 30, lr=3e-3), MODEL, data_dirs=shapes_source,
-                       output_dir=tmp_path / "base", log=quiet)
+    base = train_stage(
+        small("shapes_base", 30, lr=3e-3),
+        MODEL,
+        data_dirs=shapes_source,
+        output_dir=tmp_path / "base",
+        log=quiet,
+    )
     assert base["loss_end"] < base["loss_start"] * 0.7
     stage1 = load_stage_spec(SPECS / "stage1_warmup.yaml")
     stage1.schedule.steps, stage1.schedule.batch_size = 3, 2
@@ -49,8 +54,14 @@ def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path
     assert names and not any(n.startswith(("vision.", "qformer.")) for n in names)
     assert not any("lora_" in n for n in names)
     # from the base checkpoint: the base's groups are carried on, so stage 2 can start from stage 1
-    chained = train_stage(stage1, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "s1b",
-                          init_checkpoint=base["checkpoint"], log=quiet)
+    chained = train_stage(
+        stage1,
+        MODEL,
+        data_dirs=shapes_source,
+        output_dir=tmp_path / "s1b",
+        init_checkpoint=base["checkpoint"],
+        log=quiet,
+    )
     weights = load_file(Path(chained["checkpoint"]) / "weights.safetensors")
     base_weights = load_file(Path(base["checkpoint"]) / "weights.safetensors")
     vision = [n for n in base_weights if n.startswith("vision.")]
@@ -63,10 +74,14 @@ def test_killed_stage_resumes_to_the_same_weights(tmp_path, shapes_source):
     stage = small("stage4_multitask", 6)
     stage.checkpoint_every = 2
     full = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "full", log=quiet)
-    part = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet, max_steps=3)
+    part = train_stage(
+        stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet, max_steps=3
+    )
     assert part["checkpoint"] is None and Path(part["resume"]).is_dir()
     messages = []
-    resumed = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=messages.append)
+    resumed = train_stage(
+        stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=messages.append
+    )
     assert any("resuming at step 3" in m for m in messages)
     a = load_file(Path(full["checkpoint"]) / "weights.safetensors")
     b = load_file(Path(resumed["checkpoint"]) / "weights.safetensors")
