@@ -124,6 +124,20 @@ def evaluate_shapes(
     from tasks import shapes_world
 
     rng = random.Random(seed)
+
+    def answer(items: list[tuple[TaskExample, Any]], max_new_tokens: int) -> list[str]:
+        return generate_answers(
+            model,
+            tokenizer,
+            preprocess,
+            items,
+            template=template,
+            end_sym=end_sym,
+            num_query_tokens=num_query_tokens,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+
     metrics: dict[str, float] = {}
     table: list[dict] = []
     ann = [r["annotations"] for r in records]
@@ -136,17 +150,7 @@ def evaluate_shapes(
                 )
                 golds.append(q["answer"])
                 qtypes.append(q["qtype"])
-        preds = generate_answers(
-            model,
-            tokenizer,
-            preprocess,
-            items,
-            template=template,
-            end_sym=end_sym,
-            num_query_tokens=num_query_tokens,
-            max_new_tokens=MAX_NEW_TOKENS["vqa"],
-            batch_size=batch_size,
-        )
+        preds = answer(items, MAX_NEW_TOKENS["vqa"])
         hits = [normalise_answer(p) == normalise_answer(g) for p, g in zip(preds, golds, strict=True)]
         metrics["vqa_accuracy"] = sum(hits) / len(hits)
         metrics["vqa_chance"] = sum(1 / len(shapes_world.answer_choices(t)) for t in qtypes) / len(qtypes)
@@ -172,17 +176,7 @@ def evaluate_shapes(
                     (TaskExample("refer", [Turn(r["expression"], "")], image=rec["key"]), rec["image"])
                 )
                 boxes.append(tuple(r["box"]))
-        preds = generate_answers(
-            model,
-            tokenizer,
-            preprocess,
-            items,
-            template=template,
-            end_sym=end_sym,
-            num_query_tokens=num_query_tokens,
-            max_new_tokens=MAX_NEW_TOKENS["refer"],
-            batch_size=batch_size,
-        )
+        preds = answer(items, MAX_NEW_TOKENS["refer"])
         parsed = [parse_boxes(p) for p in preds]
         hits = [bool(pb) and iou(pb[0], gold) >= 0.5 for pb, gold in zip(parsed, boxes, strict=True)]
         shifted = boxes[1:] + boxes[:1]  # another image's gold box: what a blind guess gets
@@ -207,17 +201,7 @@ def evaluate_shapes(
             (TaskExample("caption", [Turn(None, "")], image=rec["key"]), rec["image"]) for rec in records
         ]
         golds = [shapes_world.caption(a) for a in ann]
-        preds = generate_answers(
-            model,
-            tokenizer,
-            preprocess,
-            items,
-            template=template,
-            end_sym=end_sym,
-            num_query_tokens=num_query_tokens,
-            max_new_tokens=MAX_NEW_TOKENS["caption"],
-            batch_size=batch_size,
-        )
+        preds = answer(items, MAX_NEW_TOKENS["caption"])
         metrics["caption_bleu4"] = corpus_bleu(preds, golds)
         metrics["caption_bleu4_chance"] = corpus_bleu(golds[1:] + golds[:1], golds)
         table += [
