@@ -32,16 +32,7 @@ def measure(
     stage, built, pools, *, packing: bool, rows: int, steps: int, warmup: int = 3
 ) -> dict[str, float]:
     model = built.model
-    data = StageData(
-        stage,
-        pools,
-        built.tokenizer,
-        image_token_id=model.image_token_id,
-        num_query_tokens=built.preset.num_query_tokens,
-        preprocess=built.preprocess,
-        rows=rows,
-        packing=packing,
-    )
+    data = StageData.for_model(stage, pools, built, rows=rows, packing=packing)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     real = cap = samples = 0
     elapsed = 0.0

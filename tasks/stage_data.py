@@ -136,6 +136,20 @@ class StageData:
         )
         self.truncated = 0
 
+    @classmethod
+    def for_model(cls, stage: StageSpec, pools: list[ExamplePool], built, **kwargs: Any) -> StageData:
+        """StageData for a built model (tasks.training.BuiltModel): its tokenizer, image token,
+        query-token count and preprocessing."""
+        return cls(
+            stage,
+            pools,
+            built.tokenizer,
+            image_token_id=built.model.image_token_id,
+            num_query_tokens=built.preset.num_query_tokens,
+            preprocess=built.preprocess,
+            **kwargs,
+        )
+
     def encode(self, ref: SampleRef) -> EncodedSample:
         pool = self.pools[ref.dataset]
         example = pool.examples[ref.example]

@@ -158,14 +158,7 @@ def train_stage(
         model.enable_gradient_checkpointing()
 
     pools = build_pools(stage, data_dirs)
-    data = StageData(
-        stage,
-        pools,
-        built.tokenizer,
-        image_token_id=model.image_token_id,
-        num_query_tokens=built.preset.num_query_tokens,
-        preprocess=built.preprocess,
-    )
+    data = StageData.for_model(stage, pools, built)
     sched = stage.schedule
     optimizer = torch.optim.AdamW(_param_groups(model, sched.weight_decay), lr=sched.lr, betas=sched.betas)
     start_step, losses = 0, []

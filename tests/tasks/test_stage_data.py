@@ -26,15 +26,7 @@ def tiny():
 
 def stage_data(built, data_dirs, **kwargs) -> StageData:
     stage = load_stage_spec(STAGE4)
-    return StageData(
-        stage,
-        build_pools(stage, data_dirs),
-        built.tokenizer,
-        image_token_id=built.model.image_token_id,
-        num_query_tokens=built.preset.num_query_tokens,
-        preprocess=built.preprocess,
-        **kwargs,
-    )
+    return StageData.for_model(stage, build_pools(stage, data_dirs), built, **kwargs)
 
 
 def test_packed_samples_give_the_same_logits_as_alone(tiny, shapes_source):
