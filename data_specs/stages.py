@@ -112,6 +112,37 @@ class Schedule(SpecModel):
     weight_decay: float = Field(0.05, ge=0)
     grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; null = no clipping.")
     betas: tuple[float, float] = (0.9, 0.999)
+    lr_scale: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Per-group learning-rate multipliers, e.g. {vision: 0.1}: the group follows the same "
+            "schedule at lr x scale. Groups not named use 1.0; every named group must be trainable."
+        ),
+    )
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _scales(cls, value: dict[str, float]) -> dict[str, float]:
+        for group, scale in value.items():
+            if group not in TRAINABLE_GROUPS:
+                raise ValueError(f"unknown group {group!r}; expected one of {', '.join(TRAINABLE_GROUPS)}")
+            if not scale > 0:
+                raise ValueError(f"{group}: scale must be > 0 (freeze a group by leaving it out of trainable)")
+        return value
+
+
+class Contrastive(SpecModel):
+    """An auxiliary contrastive loss added to the autoregressive one (EIM)."""
+
+    loss: Literal["semantic_transform"] = Field(
+        "semantic_transform",
+        description=(
+            "semantic_transform (EIM's lossST): each sample's mean image embedding against the mean "
+            "LM input embedding of its own text, InfoNCE over the batch's samples."
+        ),
+    )
+    weight: float = Field(1.0, gt=0, description="Added to the LM loss as weight x contrastive loss.")
+    temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (EIM: 0.07).")
 
 
 class StageSpec(SpecModel):
@@ -127,6 +158,16 @@ class StageSpec(SpecModel):
     mixture: Mixture
     trainable: list[str] = Field(min_length=1, description=f"Groups to train: {', '.join(TRAINABLE_GROUPS)}.")
     schedule: Schedule
+    contrastive: Contrastive | None = Field(
+        None, description="Optional auxiliary contrastive loss; null = autoregressive loss only."
+    )
+    autoregressive: bool = Field(
+        True,
+        description=(
+            "Train on the next-token loss. false = the contrastive loss alone (EIM's segmented "
+            "training: one loss per stage); the LM's forward pass is then skipped."
+        ),
+    )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast halves activation memory.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations: less memory, ~30% slower."
@@ -147,6 +188,11 @@ class StageSpec(SpecModel):
     def _schedule_fits(self) -> StageSpec:
         if self.schedule.warmup_steps > self.schedule.steps:
             raise ValueError("schedule.warmup_steps exceeds schedule.steps")
+        if not self.autoregressive and self.contrastive is None:
+            raise ValueError("autoregressive: false needs a contrastive loss, or the stage has nothing to train on")
+        idle = [g for g in self.schedule.lr_scale if g not in self.trainable]
+        if idle:
+            raise ValueError(f"schedule.lr_scale: group {idle[0]!r} is not in trainable, so it has no lr")
         return self
 
 

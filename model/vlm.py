@@ -37,6 +37,7 @@ class VisionLanguageOutput:
     loss: torch.Tensor | None  # mean CE over predicted labels (0 when there are none)
     logits: torch.Tensor  # [B, T, V]
     num_label_tokens: int  # how many labels the loss averaged over (for exact gradient accumulation)
+    inputs_embeds: torch.Tensor | None = None  # the LM's input, image embeddings in (return_embeds=True)
 
 
 class VisionLanguageModel(nn.Module):
@@ -133,10 +134,12 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        return_embeds: bool = False,
     ) -> VisionLanguageOutput:
         """Logits for every position; with `labels` (aligned to input_ids, -100 = ignore), the mean
         next-token cross-entropy. With `segment_ids` (packed rows: 0 = pad, k = k-th sample) each
-        sample attends only to itself, positions restart per sample and the attention_mask is ignored."""
+        sample attends only to itself, positions restart per sample and the attention_mask is ignored.
+        `return_embeds` keeps the LM's input embeddings on the output (for auxiliary losses)."""
         for name, other in (
             ("attention_mask", attention_mask),
             ("segment_ids", segment_ids),
@@ -158,8 +161,9 @@ class VisionLanguageModel(nn.Module):
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
         )
         logits = out.logits
+        kept = embeds if return_embeds else None
         if labels is None:
-            return VisionLanguageOutput(loss=None, logits=logits, num_label_tokens=0)
+            return VisionLanguageOutput(loss=None, logits=logits, num_label_tokens=0, inputs_embeds=kept)
 
         targets = labels[:, 1:].to(logits.device)
         if segment_ids is not None:
@@ -173,7 +177,7 @@ class VisionLanguageModel(nn.Module):
         )
         # Zero (with a graph) rather than NaN for a batch without labels.
         loss = summed / max(count, 1)
-        return VisionLanguageOutput(loss=loss, logits=logits, num_label_tokens=count)
+        return VisionLanguageOutput(loss=loss, logits=logits, num_label_tokens=count, inputs_embeds=kept)
 
     @torch.no_grad()
     def generate(

@@ -104,12 +104,22 @@ def build_model(
     return BuiltModel(model, tokenizer, preset, ImagePreprocessor.from_preset(preset)), groups
 
 
-def _param_groups(model, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(model, weight_decay: float, lr_scale: dict[str, float] | None = None) -> list[dict]:
+    """Optimizer groups: decayed matrices and undecayed biases/norms, split again by learning-rate
+    scale (`lr_scale` maps a trainable group to its multiplier; the rest use 1.0). Each optimizer
+    group carries its "lr_scale" so the schedule can set lr x scale every step."""
+    from model.trainable import group_of
+
+    lr_scale = lr_scale or {}
+    buckets: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (p.ndim < 2 or "norm" in name)
+            buckets.setdefault((float(lr_scale.get(group_of(name), 1.0)), decays), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+        for (scale, decays), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
+    ]
 
 
 def _rng_state() -> dict:
@@ -137,6 +147,7 @@ def train_stage(
     `max_steps` stops early (after saving a resumable state): used to test kill-and-resume.
     """
     from model.checkpoint import is_complete_checkpoint, load_checkpoint, save_checkpoint
+    from model.losses import semantic_transform_loss
     from model.trainable import set_trainable
 
     output_dir = Path(output_dir)
@@ -160,7 +171,10 @@ def train_stage(
     pools = build_pools(stage, data_dirs)
     data = StageData.for_model(stage, pools, built)
     sched = stage.schedule
-    optimizer = torch.optim.AdamW(_param_groups(model, sched.weight_decay), lr=sched.lr, betas=sched.betas)
+    contrastive = stage.contrastive
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, sched.weight_decay, sched.lr_scale), lr=sched.lr, betas=sched.betas
+    )
     start_step, losses = 0, []
     if is_complete_checkpoint(resume_dir):
         info = load_checkpoint(resume_dir, model)
@@ -209,19 +223,39 @@ def train_stage(
     for step in range(start_step, end_step):
         lr = lr_at(step, sched)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         t0 = time.perf_counter()
         batch, pixels = data.next_batch()
         t1 = time.perf_counter()
+        lm_loss = contrastive_loss = None
         with autocast:
-            out = model(
-                input_ids=batch.input_ids,
-                pixel_values=pixels,
+            if stage.autoregressive:
+                out = model(
+                    input_ids=batch.input_ids,
+                    pixel_values=pixels,
+                    segment_ids=batch.segment_ids,
+                    attention_mask=batch.attention_mask,
+                    labels=batch.labels,
+                    return_embeds=contrastive is not None,
+                )
+                lm_loss, embeds = out.loss, out.inputs_embeds
+            else:  # contrastive only: the LM's input embeddings are all it needs
+                embeds = model.embed_inputs(batch.input_ids, pixels)
+        if contrastive is not None:
+            contrastive_loss, _ = semantic_transform_loss(
+                embeds,
+                batch.input_ids,
+                model.image_token_id,
                 segment_ids=batch.segment_ids,
                 attention_mask=batch.attention_mask,
-                labels=batch.labels,
+                temperature=contrastive.temperature,
             )
-        loss = out.loss
+        if lm_loss is None:
+            loss = contrastive.weight * contrastive_loss
+        elif contrastive_loss is None:
+            loss = lm_loss
+        else:
+            loss = lm_loss + contrastive.weight * contrastive_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
@@ -248,10 +282,17 @@ def train_stage(
             }
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
+            if contrastive is not None:
+                if lm_loss is not None:
+                    metrics["lm_loss"] = lm_loss.item()
+                metrics[f"{contrastive.loss}_loss"] = contrastive_loss.item()
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step + 1)
+            parts = ""
+            if contrastive is not None and lm_loss is not None:
+                parts = f" (lm {lm_loss.item():.4f}, {contrastive.loss} {contrastive_loss.item():.4f})"
             log(
-                f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f} lr {lr:.2e} "
+                f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f}{parts} lr {lr:.2e} "
                 f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}"
             )
         if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0 and step + 1 < sched.steps:

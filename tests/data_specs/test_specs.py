@@ -71,6 +71,18 @@ BAD_CASES = {
     ),
     "missing field": (lambda s: s.replace("max_len: 192\n", ""), "max_len: required field is missing"),
     "bad task": (lambda s: s.replace("task: caption,", "task: captioning,"), "mixture.datasets[1].task:"),
+    "lr_scale of an unknown group": (
+        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {visoin: 0.1}}"),
+        "schedule.lr_scale: Value error, unknown group 'visoin'",
+    ),
+    "lr_scale of a frozen group": (
+        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {vision: 0.1}}"),
+        "schedule.lr_scale: group 'vision' is not in trainable",
+    ),
+    "lr_scale of zero": (
+        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {projection: 0}}"),
+        "projection: scale must be > 0",
+    ),
     "yaml syntax": (lambda s: s.replace("mixture:\n", "mixture: [\n", 1), "YAML syntax error at line"),
 }
 

@@ -37,6 +37,32 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert all(lr_at(i, s.schedule) >= lr_at(i + 1, s.schedule) for i in range(10, 100))
 
 
+def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
+    """One AdamW step moves each weight by about lr (times its scale): with vision at 0.01 and the
+    same data and seed, the vision tower moves 100x less and every other group exactly as much."""
+
+    def weights_after_one_step(name: str, **schedule) -> dict[str, torch.Tensor]:
+        stage = small("shapes_base", 1, warmup_steps=0, lr=1e-3, **schedule)
+        out = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / name, log=quiet)
+        return load_file(Path(out["checkpoint"]) / "weights.safetensors")
+
+    from tasks.training import build_model
+
+    start = {n: p.detach() for n, p in build_model(MODEL, log=quiet)[0].model.named_parameters()}
+    plain = weights_after_one_step("plain")
+    scaled = weights_after_one_step("scaled", lr_scale={"vision": 0.01})
+    moved = {
+        run: {n: float((w[n] - start[n]).abs().sum()) for n in w} for run, w in (("plain", plain), ("scaled", scaled))
+    }
+    vision = [n for n in plain if n.startswith("vision.") and moved["plain"][n] > 0]
+    others = [n for n in plain if n.startswith("projection.")]
+    assert vision and others
+    ratio = sum(moved["scaled"][n] for n in vision) / sum(moved["plain"][n] for n in vision)
+    assert ratio == pytest.approx(0.01, rel=0.05)
+    for n in others:
+        torch.testing.assert_close(scaled[n], plain[n], rtol=0, atol=0, msg=n)
+
+
 def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
     base = train_stage(
         small("shapes_base", 30, lr=3e-3),
