@@ -32,14 +32,17 @@ def test_demo_pipeline_resolves_sources_and_stages_in_order():
     rp = load_pipeline(DEMO)
     assert list(rp.sources) == ["shapes_world"]
     assert [s.name for s in rp.stages] == [
+        "shapes_towers",
         "shapes_base",
         "stage1_warmup",
         "stage2_pretrain",
         "stage3_instruction",
         "stage4_multitask",
     ]
-    assert rp.stages[0].trainable[0] == "vision"  # base pre-training trains the towers
-    for stage in rp.stages[1:]:  # the paper's stages keep towers and LM weights frozen
+    # tower pre-training (contrastive only), then base pre-training of every group
+    assert rp.stages[0].trainable == ["vision", "qformer", "projection"] and not rp.stages[0].autoregressive
+    assert rp.stages[0].contrastive is not None and rp.stages[1].trainable[0] == "vision"
+    for stage in rp.stages[2:]:  # the paper's stages keep towers and LM weights frozen
         assert not {"vision", "qformer", "language_model"} & set(stage.trainable)
 
 
@@ -73,7 +76,7 @@ BAD_CASES = {
     "bad task": (lambda s: s.replace("task: caption,", "task: captioning,"), "mixture.datasets[1].task:"),
     "lr_scale of an unknown group": (
         lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {visoin: 0.1}}"),
-        "schedule.lr_scale: Value error, unknown group 'visoin'",
+        "schedule.lr_scale: unknown group 'visoin'",
     ),
     "lr_scale of a frozen group": (
         lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {vision: 0.1}}"),
@@ -82,6 +85,14 @@ BAD_CASES = {
     "lr_scale of zero": (
         lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {projection: 0}}"),
         "projection: scale must be > 0",
+    ),
+    "contrastive-only stage without a contrastive loss": (
+        lambda s: s.replace("log_every: 25", "autoregressive: false\nlog_every: 25"),
+        "autoregressive: false needs a contrastive loss",
+    ),
+    "contrastive temperature": (
+        lambda s: s.replace("log_every: 25", "contrastive: {temperature: 0}\nlog_every: 25"),
+        "contrastive.temperature: input should be greater than 0",
     ),
     "yaml syntax": (lambda s: s.replace("mixture:\n", "mixture: [\n", 1), "YAML syntax error at line"),
 }
