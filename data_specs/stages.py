@@ -127,7 +127,9 @@ class Schedule(SpecModel):
             if group not in TRAINABLE_GROUPS:
                 raise ValueError(f"unknown group {group!r}; expected one of {', '.join(TRAINABLE_GROUPS)}")
             if not scale > 0:
-                raise ValueError(f"{group}: scale must be > 0 (freeze a group by leaving it out of trainable)")
+                raise ValueError(
+                    f"{group}: scale must be > 0 (freeze a group by leaving it out of trainable)"
+                )
         return value
 
 
@@ -189,7 +191,9 @@ class StageSpec(SpecModel):
         if self.schedule.warmup_steps > self.schedule.steps:
             raise ValueError("schedule.warmup_steps exceeds schedule.steps")
         if not self.autoregressive and self.contrastive is None:
-            raise ValueError("autoregressive: false needs a contrastive loss, or the stage has nothing to train on")
+            raise ValueError(
+                "autoregressive: false needs a contrastive loss, or the stage has nothing to train on"
+            )
         idle = [g for g in self.schedule.lr_scale if g not in self.trainable]
         if idle:
             raise ValueError(f"schedule.lr_scale: group {idle[0]!r} is not in trainable, so it has no lr")

@@ -43,7 +43,9 @@ def semantic_transform_loss(
     """
     batch, length = input_ids.shape
     if segment_ids is None:
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        real = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
         segments = real.long()  # one sample per row
     else:
         segments = segment_ids.long()

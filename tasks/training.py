@@ -194,7 +194,8 @@ def train_stage(
             }
         )
     autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=stage.precision == "bf16")
-    meter = Throughput(flops_per_token=flops_per_token(model))
+    # MFU counts the LM's forward and backward; a contrastive-only stage skips the LM, so none is reported.
+    meter = Throughput(flops_per_token=flops_per_token(model) if stage.autoregressive else 0.0)
     model.train()
     end_step = sched.steps if max_steps is None else min(sched.steps, max_steps)
 

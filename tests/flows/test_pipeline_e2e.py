@@ -13,7 +13,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "data_specs"
-STAGES = ["shapes_towers", "shapes_base", "stage1_warmup", "stage2_pretrain", "stage3_instruction", "stage4_multitask"]
+STAGES = [
+    "shapes_towers",
+    "shapes_base",
+    "stage1_warmup",
+    "stage2_pretrain",
+    "stage3_instruction",
+    "stage4_multitask",
+]
 
 pytestmark = pytest.mark.slow
 

@@ -92,7 +92,11 @@ def test_gradient_reaches_image_positions_only_within_samples():
 @pytest.mark.parametrize("count", [0, 1])
 def test_fewer_than_two_samples_give_zero_with_a_graph(count):
     samples = make_samples(count) if count else []
-    ids, seg, emb = packed(samples, 10) if samples else (torch.full((1, 4), PAD), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, 16))
+    ids, seg, emb = (
+        packed(samples, 10)
+        if samples
+        else (torch.full((1, 4), PAD), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, 16))
+    )
     emb.requires_grad_(True)
     loss, n = semantic_transform_loss(emb, ids, IMG, segment_ids=seg)
     assert n == count and loss.item() == 0.0

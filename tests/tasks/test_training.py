@@ -52,7 +52,8 @@ def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
     plain = weights_after_one_step("plain")
     scaled = weights_after_one_step("scaled", lr_scale={"vision": 0.01})
     moved = {
-        run: {n: float((w[n] - start[n]).abs().sum()) for n in w} for run, w in (("plain", plain), ("scaled", scaled))
+        run: {n: float((w[n] - start[n]).abs().sum()) for n in w}
+        for run, w in (("plain", plain), ("scaled", scaled))
     }
     vision = [n for n in plain if n.startswith("vision.") and moved["plain"][n] > 0]
     others = [n for n in plain if n.startswith("projection.")]
@@ -61,6 +62,34 @@ def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
     assert ratio == pytest.approx(0.01, rel=0.05)
     for n in others:
         torch.testing.assert_close(scaled[n], plain[n], rtol=0, atol=0, msg=n)
+
+
+def test_contrastive_only_stage_trains_towers_and_projection_without_the_lm(tmp_path, shapes_source):
+    from data_specs.stages import Contrastive
+    from model.trainable import group_of
+    from tasks.training import build_model
+
+    stage = small("shapes_towers", 3, lr=1e-3)
+    assert not stage.autoregressive and stage.contrastive is not None
+    messages = []
+    out = train_stage(
+        stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "towers", log=messages.append
+    )
+    weights = load_file(Path(out["checkpoint"]) / "weights.safetensors")
+    assert {group_of(n) for n in weights} == {"vision", "qformer", "projection"}
+    start = dict(build_model(MODEL, log=quiet)[0].model.named_parameters())
+    assert not torch.equal(
+        weights["vision.vit.embeddings.patch_embedding.weight"],
+        start["vision.vit.embeddings.patch_embedding.weight"],
+    )
+    assert out["loss_start"] > 0  # the InfoNCE loss, not a zero placeholder
+
+    # both losses together: the log line and the metrics name each part
+    both = small("shapes_base", 2)
+    both.contrastive = Contrastive(weight=0.5)
+    messages.clear()
+    train_stage(both, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "both", log=messages.append)
+    assert any("(lm " in m and "semantic_transform " in m for m in messages), messages
 
 
 def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
