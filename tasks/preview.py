@@ -120,6 +120,12 @@ def preview_stage(
         "tokens_per_step": stage.schedule.batch_size * stage.max_len,
         "stage_tokens": stage.schedule.batch_size * stage.max_len * stage.schedule.steps,
         "truncated_samples": data.truncated,
+        "losses": ([] if not stage.autoregressive else ["next-token on answers"])
+        + (
+            []
+            if stage.contrastive is None
+            else [f"{stage.contrastive.loss} (image vs. all text of its sample)"]
+        ),
         "datasets": datasets,
         "rendered": shown,
     }
@@ -140,7 +146,8 @@ def format_preview(p: dict[str, Any]) -> str:
         f"per pack: {p['samples_per_pack']:.2f} samples, {p['images_per_pack']:.2f} images",
         f"token budget: {p['tokens_per_step']} tokens/step, {p['stage_tokens']:,} in the stage; "
         f"{p['truncated_samples']} sample(s) truncated at max_len",
-        "rendered samples (answers, where the loss is taken, in [[ ]]):",
+        f"losses: {' + '.join(p['losses'])}",
+        "rendered samples (answers, where the next-token loss is taken, in [[ ]]):",
     ]
     lines += [f"  {i + 1}. {text!r}" for i, text in enumerate(p["rendered"])]
     return "\n".join(lines)

@@ -98,6 +98,15 @@ def test_preview_of_demo_stage4_meets_shares_and_packing_targets(shapes_source):
     assert len(result["rendered"]) == 2 and "[[" in result["rendered"][0]
     unpacked = preview_stage(stage, shapes_source, samples=1000, show=0, packing=False)
     assert unpacked["packing_efficiency"] < result["packing_efficiency"]
+    assert result["losses"] == ["next-token on answers"]
+
+
+def test_preview_names_the_losses_of_a_contrastive_stage(shapes_source):
+    stage = load_stage_spec(STAGE4.parent / "shapes_towers.yaml")
+    result = preview_stage(stage, shapes_source, samples=200, show=0)
+    assert result["losses"] == ["semantic_transform (image vs. all text of its sample)"]
+    stage.autoregressive = True
+    assert len(preview_stage(stage, shapes_source, samples=200, show=0)["losses"]) == 2
 
 
 def test_collate_rejects_overflow():
