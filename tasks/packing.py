@@ -26,6 +26,7 @@ batch pads to its longest row: the original code's batching, kept as the baselin
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,26 @@ class EncodedSample:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+# Template pieces ("###Human: <Img>", instructions, short answers) repeat across millions of samples;
+# tokenising each distinct piece once takes most of the data-loading time off the training step.
+# One bounded table per tokenizer (weakly keyed, so a freed tokenizer takes its table with it).
+_PIECE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+PIECE_CACHE_SIZE = 100_000
+
+
+def _tokenize_piece(tokenizer, piece: str) -> list[int]:
+    try:
+        table = _PIECE_CACHE.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        return tokenizer(piece, add_special_tokens=False)["input_ids"]
+    toks = table.get(piece)
+    if toks is None:
+        if len(table) >= PIECE_CACHE_SIZE:
+            table.clear()
+        toks = table[piece] = tuple(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return list(toks)
 
 
 def encode_segments(
@@ -71,7 +92,7 @@ def encode_segments(
                 ids.extend([image_token_id] * num_query_tokens)
                 labels.extend([IGNORE] * num_query_tokens)
             if piece:
-                toks = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                toks = _tokenize_piece(tokenizer, piece)
                 ids.extend(toks)
                 labels.extend(toks if seg.is_answer else [IGNORE] * len(toks))
     truncated = len(ids) > max_len

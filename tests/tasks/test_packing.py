@@ -45,3 +45,25 @@ def test_packing_efficiency_is_high_and_padding_baseline_low():
 
     assert efficiency(True) >= 0.97
     assert efficiency(False) < 0.85
+
+
+def test_piece_cache_gives_the_tokenizers_own_ids():
+    """Cached pieces must equal a fresh tokenisation, also after the table fills and is cleared."""
+    from model.presets import get_preset
+    from model.tokenizer import load_tokenizer
+    from tasks import packing
+    from tasks.training import tiny_corpus
+
+    tok = load_tokenizer(get_preset("tiny"), corpus=tiny_corpus())
+    pieces = ["###Human: <Img>", "</Img> [vqa] is there a red square? ###Assistant: ", "no###", "top left"]
+    old = packing.PIECE_CACHE_SIZE
+    packing.PIECE_CACHE_SIZE = 3
+    try:
+        for _ in range(3):
+            for piece in pieces:
+                assert (
+                    packing._tokenize_piece(tok, piece) == tok(piece, add_special_tokens=False)["input_ids"]
+                )
+        assert len(packing._PIECE_CACHE[tok]) <= 3
+    finally:
+        packing.PIECE_CACHE_SIZE = old
