@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.ingest_server import FaultServer, fault_url_rows  # noqa: E402
+from tasks.loopback import FaultServer, fault_url_rows  # noqa: E402
 
 
 def settings(args: argparse.Namespace) -> dict:

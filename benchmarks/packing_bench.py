@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from data_specs.pipelines import ModelSpec  # noqa: E402
 from data_specs.stages import load_stage_spec  # noqa: E402
+from model.build import build_model  # noqa: E402
 from model.trainable import set_trainable  # noqa: E402
 from tasks import shapes_world, stage_data  # noqa: E402
-from tasks.stage_data import StageData, build_pools  # noqa: E402
-from tasks.training import build_model  # noqa: E402
+from tasks.data.stage_data import StageData, build_pools  # noqa: E402
 
 
 def measure(
@@ -73,7 +73,9 @@ def main() -> None:
     pools = build_pools(
         stage, {name: "bench" for name in {d.source for d in stage.mixture.datasets if d.source}}
     )
-    built, _ = build_model(ModelSpec(preset="tiny"), image_size=stage.image_size)
+    built, _ = build_model(
+        ModelSpec(preset="tiny"), image_size=stage.image_size, tokenizer_corpus=shapes_world.tokenizer_corpus
+    )
     set_trainable(built.model, stage.trainable, log=None)
     packed = measure(stage, built, pools, packing=True, rows=stage.schedule.batch_size, steps=args.steps)
     rows = max(1, round(packed["samples_per_step"]))

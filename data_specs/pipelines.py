@@ -14,31 +14,54 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from data_specs.loader import SpecError, SpecModel, load_spec
+from data_specs.registry import BENCHMARKS, PRESETS, Name
 from data_specs.sources import SourceSpec, load_source_spec
 from data_specs.stages import StageSpec, load_stage_spec
+from model.lora import DEFAULT_LORA
 
 
 class LoraSpec(SpecModel):
-    r: int = Field(64, gt=0, description="Rank; memory and compute grow linearly with it.")
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "dense"], min_length=1)
+    """LoRA on the LM's attention (model/lora.py holds the defaults and builds nothing else)."""
+
+    r: int = Field(DEFAULT_LORA.r, gt=0, description="Rank; memory and compute grow linearly with it.")
+    alpha: float = Field(DEFAULT_LORA.alpha, gt=0, description="The update is scaled by alpha / r.")
+    dropout: float = Field(DEFAULT_LORA.dropout, ge=0, lt=1)
+    target_modules: list[str] = Field(list(DEFAULT_LORA.target_modules), min_length=1)
 
 
 class ModelSpec(SpecModel):
-    preset: str = Field(description="Model preset: tiny (CPU demo), tinygptv-phi2, tinygptv-phi1_5.")
+    preset: Name(PRESETS, "model preset") = Field(  # type: ignore[valid-type]
+        description="Model preset: tiny (CPU demo), tinygptv-phi2, tinygptv-phi1_5 (model/presets.py)."
+    )
     pretrained: bool = Field(False, description="Load the preset's published weights (needs the hub).")
     lora: LoraSpec = LoraSpec()
     seed: int = Field(0, description="Seed of the random initialisation (pretrained: false).")
 
 
 class EvaluationSpec(SpecModel):
+    benchmark: Name(BENCHMARKS, "benchmark") = Field(  # type: ignore[valid-type]
+        "shapes_world", description="Benchmark from the registry (data_specs/registry.py BENCHMARKS)."
+    )
     source: str = Field(description="Ingested source holding the held-out images.")
     split: str = Field("heldout", description="Split of that source to evaluate on.")
-    tasks: list[Literal["vqa", "refer", "caption"]] = Field(["vqa", "refer", "caption"], min_length=1)
+    tasks: list[str] = Field(
+        ["vqa", "refer", "caption"], min_length=1, description="The benchmark's tasks to score."
+    )
     max_images: int = Field(200, gt=0, description="Held-out images to use (each gives several questions).")
     batch_size: int = Field(64, gt=0)
     seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _benchmark_tasks(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        benchmark = info.data.get("benchmark")
+        if benchmark is None:  # the benchmark itself is wrong: that error is the one reported
+            return value
+        known = BENCHMARKS[benchmark].tasks
+        for task in value:
+            if task not in known:
+                raise ValueError(f"benchmark {benchmark} has no task {task!r}; its tasks: {', '.join(known)}")
+        return value
 
 
 class TrackingSpec(SpecModel):

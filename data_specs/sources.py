@@ -11,11 +11,12 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from data_specs.loader import SpecModel, load_spec
+from data_specs.registry import PRESETS, Name
 
 SourceKind = Literal["shapes_world", "laion_synthetic", "cc3m", "sbu", "url_list"]
 InputFormat = Literal["parquet", "csv", "tsv", "json", "jsonl", "txt"]
 Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
-# Fields of the published formats that the converters read themselves (see tasks/ingest_convert.py).
+# Fields of the published formats that the converters read themselves (see tasks/ingest/convert.py).
 CONVERTED_KINDS = ("laion_synthetic", "cc3m", "sbu")
 
 
@@ -33,7 +34,9 @@ class FeatureCacheSpec(SpecModel):
     """Frozen vision encoder + Q-Former outputs, computed once per shard after the download."""
 
     enabled: bool = Field(True, description="Compute the cache after ingest.")
-    preset: str = Field("tiny", description="Model preset whose frozen towers produce the features.")
+    preset: Name(PRESETS, "model preset") = Field(  # type: ignore[valid-type]
+        "tiny", description="Model preset whose frozen towers produce the features."
+    )
     pretrained: bool = Field(
         False,
         description="Towers with the preset's published weights (needs the hub); "

@@ -9,45 +9,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 
 from data_specs.loader import SpecModel, load_spec
-from tasks.examples import TASKS
-
-TRAINABLE_GROUPS = (
-    "vision",
-    "qformer",
-    "projection",
-    "lora",
-    "qk_norm",
-    "post_attention_norm",
-    "input_layernorm",
-    "final_layernorm",
-    "language_model",
+from data_specs.registry import (
+    CONTRASTIVE_LOSSES,
+    DATASET_FORMATS,
+    GROUPS,
+    TASK_TYPES,
+    TEMPLATES,
+    Name,
+    unknown_name,
 )
-TEMPLATES = ("image_text", "human_assistant")
+
+TaskName = Name(TASK_TYPES, "task type")
+FormatName = Name(DATASET_FORMATS, "dataset format")
+GroupName = Name(GROUPS, "trainable group")
+TemplateName = Name(TEMPLATES, "template")
+LossName = Name(CONTRASTIVE_LOSSES, "contrastive loss")
 
 
 class MixtureDataset(SpecModel):
     """One dataset in a stage's mixture: where its examples come from and how much of it to use."""
 
     name: str = Field(description="Name shown in previews and metrics; unique within the stage.")
-    task: Literal[TASKS] = Field(description="Task type; decides the identifier ([vqa], [refer], ...).")  # type: ignore[valid-type]
+    task: TaskName = Field(description="Task type; decides the identifier ([vqa], [refer], ...).")
     weight: float = Field(
         gt=0,
         description="Share of examples (normalised over the stage), or of batches "
         "when mixture.semantics is 'batches'.",
     )
     source: str | None = Field(None, description="An ingested source named in the pipeline (shards).")
-    adapter: str | None = Field(
-        None, description="A dataset adapter in its official format (tasks/adapters)."
+    format: FormatName | None = Field(
+        None,
+        # `adapter` was this field's first name; specs that use it still load
+        validation_alias=AliasChoices("format", "adapter"),
+        description="A dataset in its official annotation format (data_specs/registry.py "
+        "DATASET_FORMATS; read by tasks/data/formats/).",
     )
-    annotations: Path | None = Field(
-        None, description="Annotation file for `adapter`; relative to this spec."
-    )
-    image_root: Path | None = Field(
-        None, description="Folder of the adapter's images; relative to this spec."
-    )
+    annotations: Path | None = Field(None, description="Annotation file for `format`; relative to this spec.")
+    image_root: Path | None = Field(None, description="Folder of the format's images; relative to this spec.")
     split: str | None = Field(None, description="Split of the source to read (shapes world: train).")
     batch_size: int = Field(1, ge=1, description="Examples per draw; only used with semantics 'batches'.")
     instructions: list[str] | None = Field(
@@ -76,10 +77,14 @@ class MixtureDataset(SpecModel):
 
     @model_validator(mode="after")
     def _one_origin(self) -> MixtureDataset:
-        if (self.source is None) == (self.adapter is None):
-            raise ValueError("give exactly one of `source` (ingested shards) or `adapter` (official format)")
-        if self.adapter is not None and self.annotations is None:
-            raise ValueError("`adapter` needs `annotations` (the annotation file)")
+        if (self.source is None) == (self.format is None):
+            raise ValueError("give exactly one of `source` (ingested shards) or `format` (official format)")
+        if self.format is not None:
+            if self.annotations is None:
+                raise ValueError("`format` needs `annotations` (the annotation file)")
+            gives = DATASET_FORMATS[self.format].task
+            if gives != self.task:
+                raise ValueError(f"format {self.format} gives {gives} examples, but task is {self.task}")
         return self
 
 
@@ -124,8 +129,8 @@ class Schedule(SpecModel):
     @classmethod
     def _scales(cls, value: dict[str, float]) -> dict[str, float]:
         for group, scale in value.items():
-            if group not in TRAINABLE_GROUPS:
-                raise ValueError(f"unknown group {group!r}; expected one of {', '.join(TRAINABLE_GROUPS)}")
+            if group not in GROUPS:
+                raise ValueError(unknown_name("trainable group", group, GROUPS))
             if not scale > 0:
                 raise ValueError(
                     f"{group}: scale must be > 0 (freeze a group by leaving it out of trainable)"
@@ -136,12 +141,9 @@ class Schedule(SpecModel):
 class Contrastive(SpecModel):
     """An auxiliary contrastive loss added to the autoregressive one (EIM)."""
 
-    loss: Literal["semantic_transform"] = Field(
+    loss: LossName = Field(
         "semantic_transform",
-        description=(
-            "semantic_transform (EIM's lossST): each sample's mean image embedding against the mean "
-            "LM input embedding of its own text, InfoNCE over the batch's samples."
-        ),
+        description="; ".join(f"{name}: {text}" for name, text in CONTRASTIVE_LOSSES.items()) + ".",
     )
     weight: float = Field(1.0, gt=0, description="Added to the LM loss as weight x contrastive loss.")
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (EIM: 0.07).")
@@ -150,7 +152,7 @@ class Contrastive(SpecModel):
 class StageSpec(SpecModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Stage name, e.g. stage4_multitask.")
     description: str = ""
-    template: Literal[TEMPLATES] = Field(  # type: ignore[valid-type]
+    template: TemplateName = Field(
         description="Prompt template from the registry: image_text (stages 1-2) or human_assistant."
     )
     end_sym: str = Field("###", description="Appended to every answer; generation stops at it.")
@@ -158,7 +160,7 @@ class StageSpec(SpecModel):
     image_size: int | None = Field(None, gt=0, description="Input resolution; null = the preset's.")
     packing: bool = Field(True, description="Pack several samples per sequence (exact masking).")
     mixture: Mixture
-    trainable: list[str] = Field(min_length=1, description=f"Groups to train: {', '.join(TRAINABLE_GROUPS)}.")
+    trainable: list[GroupName] = Field(min_length=1, description=f"Groups to train: {', '.join(GROUPS)}.")
     schedule: Schedule
     contrastive: Contrastive | None = Field(
         None, description="Optional auxiliary contrastive loss; null = autoregressive loss only."
@@ -177,14 +179,6 @@ class StageSpec(SpecModel):
     seed: int = 42
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(0, ge=0, description="Steps between resumable checkpoints; 0 = end only.")
-
-    @field_validator("trainable")
-    @classmethod
-    def _known_groups(cls, value: list[str]) -> list[str]:
-        unknown = [g for g in value if g not in TRAINABLE_GROUPS]
-        if unknown:
-            raise ValueError(f"unknown group {unknown[0]!r}; expected one of {', '.join(TRAINABLE_GROUPS)}")
-        return value
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> StageSpec:

@@ -6,10 +6,6 @@ log to MLflow, optionally build the frozen-feature cache. `vlmpipe ingest SOURCE
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +14,8 @@ from prefect.artifacts import create_table_artifact
 
 from data_specs.loader import SpecError
 from data_specs.sources import load_source_spec
-from tasks import ingest_report
-from tasks.ingest import IngestError, LowSuccessRate, ingest_source, load_manifest
+from tasks.ingest import LowSuccessRate, ingest_source, load_manifest
+from tasks.ingest import report as ingest_report
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -60,7 +56,7 @@ def mlflow_task(output_dir: str, tracking: dict[str, str]) -> None:
 
 @task(name="feature-cache")
 def feature_cache_task(source_spec_path: str, output_dir: str) -> dict:
-    from tasks.ingest_features import build_feature_cache
+    from tasks.ingest.features import build_feature_cache
 
     spec = load_source_spec(source_spec_path)
     return build_feature_cache(spec, output_dir, log=get_run_logger().info)
@@ -93,59 +89,3 @@ def ingest_flow(source_spec_path: str, output_dir: str, tracking: dict | None = 
     if spec.feature_cache is not None and spec.feature_cache.enabled:
         result["feature_cache"] = feature_cache_task(source_spec_path, output_dir)
     return result
-
-
-# ---- command line: `vlmpipe ingest SOURCE_SPEC [--output DIR] [--json]` ----------------------------
-
-
-def default_output(spec_name: str, home: str | None = None) -> Path:
-    base = Path(home or os.environ.get("VLMPIPE_HOME") or Path.cwd() / ".vlmpipe")
-    return (base / "data" / spec_name).resolve()
-
-
-def cli_ingest(args: argparse.Namespace) -> int:
-    """Run one source's ingest flow; print the summary (as JSON with --json). SpecError propagates
-    (the CLI turns it into one line and exit status 2)."""
-    spec = load_source_spec(args.source_spec)
-    output = (
-        Path(args.output).resolve() if args.output else default_output(spec.name, getattr(args, "home", None))
-    )
-    spec_path = str(Path(args.source_spec).resolve())
-    try:
-        if getattr(args, "no_mlflow", False):
-            result = ingest_flow(spec_path, str(output))
-        else:
-            from tasks.tracking import tracked_run
-
-            with tracked_run("vlmpipe-ingest", f"ingest-{spec.name}", tags={"vlmpipe.step": "ingest"}) as run:
-                result = ingest_flow(spec_path, str(output), tracking=run.handle())
-    except IngestError as exc:
-        print(f"vlmpipe: error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(
-            f"{result['source']}: {result['samples']} of {result['urls']} images "
-            f"({result['success_rate']:.1%}) in {result['shards']} shards -> {result['output_dir']}"
-        )
-        for message, n in result["errors"].items():
-            print(f"  {n:>8}  {message}")
-    return 0
-
-
-def add_ingest_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `vlmpipe ingest` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "ingest",
-        help="download one source spec into validated webdataset shards",
-        description="Download one source into validated shards with a manifest; a rerun "
-        "resumes where a killed run stopped.",
-    )
-    p.add_argument("source_spec", help="source spec YAML (data_specs/sources/*.yaml)")
-    p.add_argument("--output", help="output folder (default <home>/data/<source name>)")
-    p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the ingest to MLflow")
-    p.add_argument("--home", help="state folder (default ./.vlmpipe or $VLMPIPE_HOME)")
-    p.set_defaults(func=cli_ingest)
-    return p

@@ -37,8 +37,9 @@ def train_stage_flow(
     output_dir: str,
     tracking: dict[str, str],
 ) -> dict[str, Any]:
-    """One training stage as its own unit (deployable on a GPU work pool). Returns the checkpoint."""
-    from tasks.training import train_stage
+    """One training stage as its own flow run, called in-process by the pipeline flow (placing it on
+    a work pool is not wired yet). Returns the checkpoint and the stage's MLflow run id."""
+    from tasks.train.stage import train_stage
 
     logger = get_run_logger()
     rp = load_pipeline(pipeline_spec)
@@ -69,7 +70,7 @@ def train_stage_flow(
 def evaluate_flow(
     pipeline_spec: str, checkpoint: str, data_dirs: dict[str, str], tracking: dict[str, str]
 ) -> dict:
-    from tasks.evaluation import evaluate_checkpoint
+    from tasks.evaluate.benchmarks import evaluate_checkpoint
 
     logger = get_run_logger()
     rp = load_pipeline(pipeline_spec)
@@ -81,6 +82,7 @@ def evaluate_flow(
         metrics, table = evaluate_checkpoint(
             checkpoint,
             rp.spec.model,
+            benchmark=ev.benchmark,
             data_dir=data_dirs[ev.source],
             split=ev.split,
             tasks=list(ev.tasks),

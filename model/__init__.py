@@ -1,41 +1,52 @@
 """The model package: TinyGPT-V's architecture (EVA ViT -> Q-Former -> projection -> Phi with QK norm,
-post-attention RMSNorm and LoRA), its presets, tokenizers, parameter groups and checkpoints.
+post-attention RMSNorm and LoRA), its presets, tokenizers, parameter groups, construction and
+checkpoints.
+
+Names are loaded on first use, so `import model.presets` (what spec validation needs) stays free of
+torch and transformers; `from model import VisionLanguageModel` loads the component it names.
 """
 
-from .checkpoint import (
-    CheckpointInfo,
-    is_complete_checkpoint,
-    load_checkpoint,
-    load_tokenizer_from_checkpoint,
-    save_checkpoint,
-)
-from .image_processing import ImagePreprocessor
-from .language import LoraSettings
-from .presets import PRESETS, ModelPreset, get_preset
-from .tokenizer import IMAGE_TOKEN, build_tiny_tokenizer, image_token_id, load_tokenizer
-from .trainable import GROUPS, group_of, group_state_dict, parameter_counts, set_trainable
-from .vlm import VisionLanguageModel, VisionLanguageOutput
+from __future__ import annotations
 
-__all__ = [
-    "GROUPS",
-    "IMAGE_TOKEN",
-    "PRESETS",
-    "CheckpointInfo",
-    "ImagePreprocessor",
-    "LoraSettings",
-    "ModelPreset",
-    "VisionLanguageModel",
-    "VisionLanguageOutput",
-    "build_tiny_tokenizer",
-    "get_preset",
-    "group_of",
-    "group_state_dict",
-    "image_token_id",
-    "is_complete_checkpoint",
-    "load_checkpoint",
-    "load_tokenizer",
-    "load_tokenizer_from_checkpoint",
-    "parameter_counts",
-    "save_checkpoint",
-    "set_trainable",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BuiltModel": "build",
+    "build_model": "build",
+    "CheckpointInfo": "checkpoint",
+    "is_complete_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "load_tokenizer_from_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "ImagePreprocessor": "image_processing",
+    "LoraSettings": "lora",
+    "DEFAULT_LORA": "lora",
+    "PRESETS": "presets",
+    "ModelPreset": "presets",
+    "get_preset": "presets",
+    "IGNORE_INDEX": "tokenizer",
+    "IMAGE_TOKEN": "tokenizer",
+    "build_tiny_tokenizer": "tokenizer",
+    "image_token_id": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "pad_token_id": "tokenizer",
+    "GROUPS": "trainable",
+    "group_of": "trainable",
+    "group_state_dict": "trainable",
+    "parameter_counts": "trainable",
+    "set_trainable": "trainable",
+    "VisionLanguageModel": "vlm",
+    "VisionLanguageOutput": "vlm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

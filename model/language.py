@@ -7,7 +7,6 @@ attention block. The norm is added by a forward hook rather than a subclass, so 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -15,21 +14,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import PhiForCausalLM
 
+from .lora import LoraSettings
 from .presets import ModelPreset
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA as in TinyGPT-V's configs (r 64, alpha 16, dropout 0.05) on Phi's attention projections."""
-
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    # phi-msft's fused `query_key_value` is q_proj/k_proj/v_proj in transformers' Phi.
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "dense")
-
-
-DEFAULT_LORA = LoraSettings()
 
 
 def build_language_model(preset: ModelPreset, vocab_size: int, pad_token_id: int | None) -> PhiForCausalLM:

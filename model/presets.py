@@ -1,16 +1,19 @@
 """Named architecture presets: the tiny CPU model used by tests and demos, and TinyGPT-V's real shapes.
 
 A preset is plain data (config kwargs for the transformers classes plus the hub ids of the pretrained
-weights); the components in this package turn it into modules.
+weights); the components in this package turn it into modules. `PRESETS` is the registry a pipeline
+spec's `model.preset` is checked against; this module imports transformers only when a config is
+built, so spec validation can read the registry without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import Blip2QFormerConfig, Blip2VisionConfig, PhiConfig
+if TYPE_CHECKING:
+    from transformers import Blip2QFormerConfig, Blip2VisionConfig, PhiConfig
 
 # BLIP-2 / EVA-CLIP normalisation (OpenAI CLIP statistics); every preset uses them because the vision
 # tower is always a BLIP-2 one.
@@ -44,6 +47,11 @@ class ModelPreset:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into logs
 
     @property
+    def has_tiny_tokenizer(self) -> bool:
+        """True when the tokenizer is the built-in BPE, trained on a corpus the caller gives."""
+        return self.tokenizer == TINY_TOKENIZER
+
+    @property
     def is_pretrainable(self) -> bool:
         """True when the preset names hub checkpoints that `pretrained=True` can load."""
         return self.vision_source is not None and self.lm_source is not None
@@ -68,9 +76,13 @@ class ModelPreset:
         return dataclasses.replace(self, image_size=image_size)
 
     def vision_config(self) -> Blip2VisionConfig:
+        from transformers import Blip2VisionConfig
+
         return Blip2VisionConfig(**self.vision_kwargs)
 
     def qformer_config(self) -> Blip2QFormerConfig:
+        from transformers import Blip2QFormerConfig
+
         return Blip2QFormerConfig(**self.qformer_kwargs)
 
     def lm_config(self, vocab_size: int | None = None, pad_token_id: int | None = None) -> PhiConfig:
@@ -79,6 +91,8 @@ class ModelPreset:
         The embedding table gets max(tokenizer size, preset vocab): phi-2 ships 51200 rows for a ~50.3k
         tokenizer, and keeping its size lets the real weights load unchanged.
         """
+        from transformers import PhiConfig
+
         kwargs = dict(self.lm_kwargs)
         kwargs["qk_layernorm"] = True
         if vocab_size is not None:

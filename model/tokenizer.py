@@ -16,30 +16,8 @@ from .presets import TINY_TOKENIZER, ModelPreset
 IMAGE_TOKEN = "<image>"
 EOS_TOKEN = "<|endoftext|>"  # phi-2's end-of-text, reused so prompts look the same for both tokenizers
 PAD_TOKEN = "<pad>"
-
-
-def default_tiny_corpus() -> list[str]:
-    """A fixed text sample in the style of our synthetic shape data, used when no corpus is given.
-
-    Covers the TinyGPT-V text conventions (prompt template, task identifiers, boxes, grounded phrases)
-    so the tiny BPE learns merges for them.
-    """
-    colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
-    shapes = ["circle", "square", "triangle", "star", "cross", "ring"]
-    tasks = ["[vqa]", "[caption]", "[refer]", "[identify]", "[grounding]", "[detection]"]
-    lines = []
-    for i, colour in enumerate(colours):
-        for j, shape in enumerate(shapes):
-            x, y = (7 * i + 3 * j) % 90, (11 * j + 5 * i) % 90
-            box = f"{{<{x}><{y}><{x + 10}><{y + 10}>}}"
-            task = tasks[(i + j) % len(tasks)]
-            lines.append(f"###Human: <Img>{IMAGE_TOKEN}</Img> {task} What is in the image? ###Assistant: ")
-            lines.append(
-                f"A {colour} {shape} on a plain background. There is one {shape} and it is {colour}."
-            )
-            lines.append(f"<p>{colour} {shape}</p> {box}")
-            lines.append(f"Where is the {colour} {shape}? {box} The answer is {colour}.\n###")
-    return lines
+# Label value of a position that is not a target (prompt, image, pad): the loss skips it.
+IGNORE_INDEX = -100
 
 
 def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -83,9 +61,16 @@ def add_vlm_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToke
 
 
 def load_tokenizer(preset: ModelPreset, corpus: Iterable[str] | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer a preset trains with: the built-in tiny BPE, or the hub tokenizer plus our tokens."""
-    if preset.tokenizer == TINY_TOKENIZER:
-        return build_tiny_tokenizer(default_tiny_corpus() if corpus is None else corpus)
+    """The tokenizer a preset trains with: the built-in tiny BPE trained on `corpus` (the caller's
+    text: the tiny preset's words come from the data, e.g. tasks.shapes_world.tokenizer_corpus), or
+    the hub tokenizer plus our tokens (`corpus` is then unused)."""
+    if preset.has_tiny_tokenizer:
+        if corpus is None:
+            raise ValueError(
+                f"preset {preset.name!r} uses the built-in {TINY_TOKENIZER} tokenizer, which is trained "
+                "on a corpus: pass corpus= (tasks.shapes_world.tokenizer_corpus() for the shapes world)"
+            )
+        return build_tiny_tokenizer(corpus)
     tokenizer = AutoTokenizer.from_pretrained(preset.tokenizer)
     return add_vlm_special_tokens(tokenizer)
 
@@ -98,3 +83,8 @@ def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
             f"tokenizer has no {IMAGE_TOKEN} token; build it with model.tokenizer.load_tokenizer"
         )
     return int(token_id)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id rows are padded with: the pad token, or end-of-text for a tokenizer without one."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -2,14 +2,18 @@
 
 Every parameter belongs to exactly one group, decided from its name alone, so a stage spec can say
 `trainable: [projection, lora, qk_norm, ...]` and a checkpoint can store exactly those groups.
+`GROUPS` is the registry stage specs are checked against; torch is needed only for type hints here,
+so spec validation reads it without loading torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 GROUPS: tuple[str, ...] = (
     "vision",  # EVA ViT tower

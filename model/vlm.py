@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generation import generate_tokens
-from .language import DEFAULT_LORA, LoraSettings, build_language_model, embedding_rows, prepare_language_model
+from .language import build_language_model, embedding_rows, prepare_language_model
+from .lora import DEFAULT_LORA, LoraSettings
 from .packing import (
     packed_attention_mask,
     padded_positions,
@@ -26,17 +27,17 @@ from .presets import ModelPreset, get_preset
 from .pretrained import PretrainedParts, load_pretrained_parts
 from .projection import ImageProjection
 from .qformer import QueryTransformer
+from .tokenizer import IGNORE_INDEX
 from .tokenizer import image_token_id as find_image_token_id
+from .tokenizer import pad_token_id as tokenizer_pad_id
 from .vision import VisionTower, build_vision_tower
-
-IGNORE_INDEX = -100
 
 
 @dataclass
 class VisionLanguageOutput:
     loss: torch.Tensor | None  # mean CE over predicted labels (0 when there are none)
     logits: torch.Tensor  # [B, T, V]
-    num_label_tokens: int  # how many labels the loss averaged over (for exact gradient accumulation)
+    num_label_tokens: int  # how many labels the loss averaged over (what a sum over micro-batches weighs by)
     inputs_embeds: torch.Tensor | None = None  # the LM's input, image embeddings in (return_embeds=True)
 
 
@@ -87,7 +88,7 @@ class VisionLanguageModel(nn.Module):
     ) -> VisionLanguageModel:
         preset = get_preset(name_or_preset) if isinstance(name_or_preset, str) else name_or_preset
         vocab_size = len(tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = tokenizer_pad_id(tokenizer)
         image_id = find_image_token_id(tokenizer)  # fail before any (slow) weight loading
         parts = load_pretrained_parts(preset, vocab_size, dtype) if pretrained else None
         model = cls(preset, vocab_size, image_id, pad, lora, pretrained_parts=parts)

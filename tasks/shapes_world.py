@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from tasks.boxes import format_box, format_grounded_phrase, normalise_box
-from tasks.examples import TaskExample, Turn
-from tasks.ingest_server import LoopbackServer, Response
+from tasks.data.boxes import format_box, format_grounded_phrase, normalise_box
+from tasks.data.examples import TaskExample, Turn
+from tasks.loopback import LoopbackServer, Response
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -117,7 +117,7 @@ def png_bytes(scene: Scene) -> bytes:
 
 
 def scene_annotations(scene: Scene) -> dict[str, Any]:
-    """JSON-able ground truth; boxes on the 0-100 scale of tasks.boxes."""
+    """JSON-able ground truth; boxes on the 0-100 scale of tasks.data.boxes."""
     n = scene.canvas_size
     sides = [s.box[2] - s.box[0] for s in scene.shapes]
     threshold = n / 3 * 0.72  # between the smallest (0.55) and largest (0.9) side of a cell
@@ -335,6 +335,24 @@ def text_corpus() -> list[str]:
         texts += [f"{r['expression']} {format_box(r['box'])}" for r in referring_items(ann)]
         texts += [f"{q} {a}" for q, a in conversation(ann, rng)]
     return list(dict.fromkeys(texts))
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the tiny preset's tokenizer is trained on: every string the shapes world and the
+    template registry can produce (words, boxes, instructions, template pieces, task identifiers)."""
+    from tasks.data.templates import ASSISTANT, DEFAULT_INSTRUCTIONS, HUMAN, IMAGE_BLOCK, identifier_line
+
+    texts = list(text_corpus())
+    texts += [i for pool in DEFAULT_INSTRUCTIONS.values() for i in pool]
+    texts += [
+        HUMAN,
+        ASSISTANT,
+        "###",
+        IMAGE_BLOCK,
+        identifier_line(),
+        " ".join(format_box((i, i, i, i)) for i in range(101)),
+    ]
+    return texts
 
 
 def in_memory_records(

@@ -2,7 +2,7 @@
 
 Uses `MlflowClient` with explicit run ids (never the fluent global "active run"), so Prefect
 tasks in threads or processes can log to the right run. The tracking URI comes from
-`MLFLOW_TRACKING_URI` or defaults to a SQLite store under the project's `.vlmpipe/` folder.
+`MLFLOW_TRACKING_URI` or defaults to a SQLite store in the state folder (tasks/state.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-DEFAULT_HOME = Path(os.environ.get("VLMPIPE_HOME", Path.cwd() / ".vlmpipe"))
+from tasks.state import vlmpipe_home  # noqa: E402
 
 
 def default_tracking_uri(home: Path | None = None) -> str:
     """`MLFLOW_TRACKING_URI` if set, else `sqlite:///<home>/mlflow/mlflow.db`."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    folder = Path(home or DEFAULT_HOME).resolve() / "mlflow"
+    folder = vlmpipe_home(home) / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 

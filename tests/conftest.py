@@ -3,7 +3,7 @@ the ingest itself is tested against a real img2dataset download in tests/ingest)
 
 import pytest
 
-from tasks import stage_data
+from tasks.data import stage_data
 
 
 @pytest.fixture(scope="session")

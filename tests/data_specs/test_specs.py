@@ -62,7 +62,8 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 BAD_CASES = {
     "unknown group": (
         lambda s: s.replace("trainable: [projection, lora,", "trainable: [projektion, lora,"),
-        "trainable: unknown group 'projektion'",
+        "trainable[0]: unknown trainable group 'projektion' (did you mean 'projection'?); known trainable "
+        "groups: final_layernorm,",
     ),
     "negative weight": (
         lambda s: s.replace("task: vqa,                  weight: 45", "task: vqa, weight: -1"),
@@ -73,10 +74,34 @@ BAD_CASES = {
         "max_lenght: unknown field (did you mean 'max_len'?)",
     ),
     "missing field": (lambda s: s.replace("max_len: 192\n", ""), "max_len: required field is missing"),
-    "bad task": (lambda s: s.replace("task: caption,", "task: captioning,"), "mixture.datasets[1].task:"),
+    "bad task": (
+        lambda s: s.replace("task: caption,", "task: captioning,"),
+        "mixture.datasets[1].task: unknown task type 'captioning' (did you mean 'caption'?); known task "
+        "types: caption, conversation,",
+    ),
+    "bad template": (
+        lambda s: s.replace("template: human_assistant", "template: human"),
+        "template: unknown template 'human'",
+    ),
+    "bad contrastive loss": (
+        lambda s: s.replace("log_every: 25", "contrastive: {loss: infonce}\nlog_every: 25"),
+        "contrastive.loss: unknown contrastive loss 'infonce'; known contrastive losses: semantic_transform",
+    ),
+    "bad dataset format": (
+        lambda s: s.replace(
+            "source: shapes_world, split: train, task: refer", "format: refcocoo, annotations: x, task: refer"
+        ),
+        "mixture.datasets[2].format: unknown dataset format 'refcocoo' (did you mean 'refcoco'?)",
+    ),
+    "dataset format of another task": (
+        lambda s: s.replace(
+            "source: shapes_world, split: train, task: refer", "format: gqa, annotations: x, task: refer"
+        ),
+        "mixture.datasets[2]: format gqa gives vqa examples, but task is refer",
+    ),
     "lr_scale of an unknown group": (
         lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {visoin: 0.1}}"),
-        "schedule.lr_scale: unknown group 'visoin'",
+        "schedule.lr_scale: unknown trainable group 'visoin' (did you mean 'vision'?)",
     ),
     "lr_scale of a frozen group": (
         lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {vision: 0.1}}"),
@@ -156,3 +181,64 @@ def test_json_schemas_are_generated_and_current(tmp_path):
         assert (SPECS / "schema" / p.name).read_text() == p.read_text(), (
             f"run `make schema`: {p.name} is stale"
         )
+
+
+def demo_copy(tmp_path: Path, mutate) -> Path:
+    """The demo pipeline with absolute spec paths, changed by `mutate`, written to tmp_path."""
+    text = (
+        DEMO.read_text().replace("../sources/", f"{SPECS}/sources/").replace("../stages/", f"{SPECS}/stages/")
+    )
+    return write(tmp_path, "pipeline.yaml", mutate(text))
+
+
+BAD_PIPELINES = {
+    "preset typo": (
+        lambda s: s.replace("preset: tiny", "preset: tinny"),
+        "model.preset: unknown model preset 'tinny' (did you mean 'tiny'?); known model presets: tiny, "
+        "tinygptv-phi1_5, tinygptv-phi2",
+    ),
+    "unknown benchmark": (
+        lambda s: s.replace("benchmark: shapes_world", "benchmark: gqa"),
+        "evaluation.benchmark: unknown benchmark 'gqa'; known benchmarks: shapes_world",
+    ),
+    "task the benchmark lacks": (
+        lambda s: s.replace("tasks: [vqa, refer, caption]", "tasks: [vqa, grounding]"),
+        "evaluation.tasks: benchmark shapes_world has no task 'grounding'; its tasks: vqa, refer, caption",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PIPELINES))
+def test_bad_pipeline_names_file_field_and_known_names(tmp_path, case):
+    mutate, expected = BAD_PIPELINES[case]
+    bad = demo_copy(tmp_path, mutate)
+    assert bad.read_text() != DEMO.read_text()
+    proc = vlmpipe("spec", "validate", str(bad))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == f"vlmpipe: error: {bad}: {expected}", lines[0]
+
+
+def test_the_old_field_name_adapter_still_loads(tmp_path):
+    stage = write(
+        tmp_path,
+        "stage.yaml",
+        STAGE4.read_text().replace(
+            "source: shapes_world, split: train, task: refer", "adapter: refcoco, annotations: x, task: refer"
+        ),
+    )
+    assert load_stage_spec(stage).mixture.datasets[2].format == "refcoco"
+
+
+def test_spec_validate_loads_neither_prefect_nor_torch():
+    script = (
+        "import sys; from flows.cli import main; code = main(['spec', 'validate', %r]); "
+        "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'mlflow') if m in sys.modules)); "
+        "sys.exit(code)"
+    ) % str(DEMO)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -11,9 +11,31 @@ from model import IMAGE_TOKEN, LoraSettings, VisionLanguageModel, get_preset, lo
 TEST_LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 
 
+def sample_corpus() -> list[str]:
+    """A fixed text sample in the style of the shapes world for the model tests (their texts are
+    chosen to tokenise to equal lengths with it). Covers the TinyGPT-V text conventions (prompt
+    template, task identifiers, boxes, grounded phrases) so the tiny BPE learns merges for them."""
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+    shapes = ["circle", "square", "triangle", "star", "cross", "ring"]
+    tasks = ["[vqa]", "[caption]", "[refer]", "[identify]", "[grounding]", "[detection]"]
+    lines = []
+    for i, colour in enumerate(colours):
+        for j, shape in enumerate(shapes):
+            x, y = (7 * i + 3 * j) % 90, (11 * j + 5 * i) % 90
+            box = f"{{<{x}><{y}><{x + 10}><{y + 10}>}}"
+            task = tasks[(i + j) % len(tasks)]
+            lines.append(f"###Human: <Img>{IMAGE_TOKEN}</Img> {task} What is in the image? ###Assistant: ")
+            lines.append(
+                f"A {colour} {shape} on a plain background. There is one {shape} and it is {colour}."
+            )
+            lines.append(f"<p>{colour} {shape}</p> {box}")
+            lines.append(f"Where is the {colour} {shape}? {box} The answer is {colour}.\n###")
+    return lines
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
-    return load_tokenizer(get_preset("tiny"))
+    return load_tokenizer(get_preset("tiny"), corpus=sample_corpus())
 
 
 @pytest.fixture

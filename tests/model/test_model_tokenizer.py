@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sample_corpus
 
 from model import IMAGE_TOKEN, build_tiny_tokenizer, get_preset, load_tokenizer
-from model.tokenizer import default_tiny_corpus
 
 TEXTS = [
     "{<12><34><56><78>}",
@@ -21,7 +21,7 @@ TEXTS = [
 
 
 def test_deterministic_for_the_same_corpus():
-    corpus = default_tiny_corpus()
+    corpus = sample_corpus()
     first, second = build_tiny_tokenizer(corpus), build_tiny_tokenizer(list(corpus))
     assert first.get_vocab() == second.get_vocab()
     assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
@@ -30,8 +30,9 @@ def test_deterministic_for_the_same_corpus():
 def test_deterministic_across_processes(tokenizer):
     """A restarted run rebuilds exactly the same tokenizer (Rust hash maps must not leak into merges)."""
     script = (
-        "import hashlib; from model import get_preset, load_tokenizer; "
-        "t = load_tokenizer(get_preset('tiny')); "
+        "import hashlib, sys; sys.path.insert(0, 'tests/model'); from conftest import sample_corpus; "
+        "from model import get_preset, load_tokenizer; "
+        "t = load_tokenizer(get_preset('tiny'), corpus=sample_corpus()); "
         "print(hashlib.sha256(t.backend_tokenizer.to_str().encode()).hexdigest())"
     )
     root = Path(__file__).resolve().parents[2]

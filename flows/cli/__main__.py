@@ -1,0 +1,7 @@
+"""`python -m flows.cli ...` is `vlmpipe ...`."""
+
+import sys
+
+from flows.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""`vlmpipe run PIPELINE_SPEC` and `vlmpipe demo`: a whole pipeline on Prefect's local API (or the
+server PREFECT_API_URL names), ending with the figures and where to look."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from flows.cli.spec import DEMO_PIPELINE
+
+
+def _run_pipeline(spec: Path, home: Path, run_name: str | None) -> dict:
+    from data_specs.pipelines import load_pipeline
+
+    load_pipeline(spec)  # fail fast, before Prefect starts, on a bad spec
+    from flows.pipeline import pipeline_flow
+
+    return pipeline_flow(str(spec.resolve()), str(home), run_name)
+
+
+def report(summary: dict, home: Path) -> None:
+    uri = summary["tracking_uri"]
+    print("\n=== vlmpipe run complete ===")
+    print(f"pipeline        {summary['pipeline']}  (run {summary['run_name']})")
+    for st in summary["stages"]:
+        if st.get("loss_start") is not None:
+            print(f"  {st['stage']:<24} loss {st['loss_start']:.3f} -> {st['loss_end']:.3f}")
+    metrics = summary["metrics"]
+    for name in ("vqa", "refer"):
+        if f"{name}_accuracy" in metrics:
+            print(
+                f"  {name + '_accuracy':<24} {metrics[name + '_accuracy']:.3f}  (chance {metrics[name + '_chance']:.3f})"
+            )
+    if "caption_bleu4" in metrics:
+        print(
+            f"  {'caption_bleu4':<24} {metrics['caption_bleu4']:.3f}  (chance {metrics['caption_bleu4_chance']:.3f})"
+        )
+    print(f"checkpoint      {summary['checkpoint']}")
+    print(f"run folder      {summary['run_dir']}")
+    print(f"MLflow store    {uri}  (experiment {summary['experiment']}, run {summary['mlflow_run_id']})")
+    if summary.get("model_version"):
+        print(f"registered      {summary['registered_model']} version {summary['model_version']}")
+    if uri.startswith("sqlite:"):
+        print(f"open the UI     .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
+    print(
+        f"Prefect records PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
+        ".venv/bin/prefect server start   (then http://127.0.0.1:4200)"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.state import vlmpipe_home
+
+    home = vlmpipe_home(args.home)
+    summary = _run_pipeline(Path(args.pipeline_spec), home, args.run_name)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        report(summary, home)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.pipeline_spec = str(DEMO_PIPELINE)
+    return cmd_run(args)
+
+
+def add_parsers(sub: Any) -> None:
+    for name, helptext in (
+        ("run", "run a pipeline spec on Prefect's local API"),
+        ("demo", "run the whole pipeline on the embedded shapes-world default"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "run":
+            p.add_argument("pipeline_spec")
+        p.add_argument("--home", help="state folder (default ./.vlmpipe or $VLMPIPE_HOME)")
+        p.add_argument("--run-name")
+        p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+        p.set_defaults(func=cmd_run if name == "run" else cmd_demo, environment=True)

@@ -1,0 +1,130 @@
+"""The shapes-world benchmark, on held-out scenes: VQA accuracy, referring accuracy (IoU >= 0.5)
+and a caption score (corpus BLEU-4), each beside its chance level.
+
+Prompts come from the same template registry as training; answers are generated greedily.
+Chance levels: VQA, 1 / size of the question type's closed answer set; referring, the rate at
+which another held-out image's gold box hits IoU >= 0.5; caption, BLEU-4 of another image's caption.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from tasks import shapes_world
+from tasks.data.boxes import iou, parse_boxes
+from tasks.data.examples import TaskExample, Turn
+from tasks.evaluate.generation import generate_answers
+from tasks.evaluate.metrics import corpus_bleu, normalise_answer
+
+MAX_NEW_TOKENS = {"vqa": 6, "refer": 24, "caption": 40}
+
+
+def evaluate_shapes(
+    model,
+    tokenizer,
+    preprocess,
+    records: list[dict],
+    *,
+    tasks: list[str],
+    num_query_tokens: int,
+    template: str = "human_assistant",
+    end_sym: str = "###",
+    batch_size: int = 64,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, float], list[dict]]:
+    """Metrics (vqa_accuracy, vqa_chance, refer_accuracy, refer_chance, caption_bleu4, ...) and a
+    table of every prediction."""
+    rng = random.Random(seed)
+
+    def answer(items: list[tuple[TaskExample, Any]], max_new_tokens: int) -> list[str]:
+        return generate_answers(
+            model,
+            tokenizer,
+            preprocess,
+            items,
+            template=template,
+            end_sym=end_sym,
+            num_query_tokens=num_query_tokens,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+
+    metrics: dict[str, float] = {}
+    table: list[dict] = []
+    ann = [r["annotations"] for r in records]
+    if "vqa" in tasks:
+        items, golds, qtypes = [], [], []
+        for rec, a in zip(records, ann, strict=True):
+            for q in shapes_world.vqa_items(a, rng):
+                items.append(
+                    (TaskExample("vqa", [Turn(q["question"], q["answer"])], image=rec["key"]), rec["image"])
+                )
+                golds.append(q["answer"])
+                qtypes.append(q["qtype"])
+        preds = answer(items, MAX_NEW_TOKENS["vqa"])
+        hits = [normalise_answer(p) == normalise_answer(g) for p, g in zip(preds, golds, strict=True)]
+        metrics["vqa_accuracy"] = sum(hits) / len(hits)
+        metrics["vqa_chance"] = sum(1 / len(shapes_world.answer_choices(t)) for t in qtypes) / len(qtypes)
+        for qtype in sorted(set(qtypes)):
+            sel = [h for h, t in zip(hits, qtypes, strict=True) if t == qtype]
+            metrics[f"vqa_accuracy_{qtype.replace('/', '_')}"] = sum(sel) / len(sel)
+        table += [
+            {
+                "task": "vqa",
+                "key": ex.image,
+                "prompt": ex.turns[0].query,
+                "gold": g,
+                "prediction": p,
+                "correct": h,
+            }
+            for (ex, _), g, p, h in zip(items, golds, preds, hits, strict=True)
+        ]
+    if "refer" in tasks:
+        items, boxes = [], []
+        for rec, a in zip(records, ann, strict=True):
+            for r in shapes_world.referring_items(a)[:1]:
+                items.append(
+                    (TaskExample("refer", [Turn(r["expression"], "")], image=rec["key"]), rec["image"])
+                )
+                boxes.append(tuple(r["box"]))
+        preds = answer(items, MAX_NEW_TOKENS["refer"])
+        parsed = [parse_boxes(p) for p in preds]
+        hits = [bool(pb) and iou(pb[0], gold) >= 0.5 for pb, gold in zip(parsed, boxes, strict=True)]
+        shifted = boxes[1:] + boxes[:1]  # another image's gold box: what a blind guess gets
+        metrics["refer_accuracy"] = sum(hits) / len(hits)
+        metrics["refer_chance"] = sum(iou(a, b) >= 0.5 for a, b in zip(shifted, boxes, strict=True)) / len(
+            boxes
+        )
+        metrics["refer_parse_rate"] = sum(bool(p) for p in parsed) / len(parsed)
+        table += [
+            {
+                "task": "refer",
+                "key": ex.image,
+                "prompt": ex.turns[0].query,
+                "gold": str(g),
+                "prediction": p,
+                "correct": h,
+            }
+            for (ex, _), g, p, h in zip(items, boxes, preds, hits, strict=True)
+        ]
+    if "caption" in tasks:
+        items = [
+            (TaskExample("caption", [Turn(None, "")], image=rec["key"]), rec["image"]) for rec in records
+        ]
+        golds = [shapes_world.caption(a) for a in ann]
+        preds = answer(items, MAX_NEW_TOKENS["caption"])
+        metrics["caption_bleu4"] = corpus_bleu(preds, golds)
+        metrics["caption_bleu4_chance"] = corpus_bleu(golds[1:] + golds[:1], golds)
+        table += [
+            {"task": "caption", "key": ex.image, "prompt": "", "gold": g, "prediction": p, "correct": None}
+            for (ex, _), g, p in zip(items, golds, preds, strict=True)
+        ]
+    for name in ("vqa", "refer", "caption_bleu4"):
+        key = name if name.startswith("caption") else f"{name}_accuracy"
+        chance = f"{name}_chance" if name.startswith("caption") else f"{name}_chance"
+        if key in metrics:
+            log(f"{key:>16}: {metrics[key]:.3f}   (chance {metrics[chance]:.3f})")
+    return metrics, table

@@ -1,0 +1,154 @@
+"""Training stages: losses fall, checkpoints chain, a killed stage resumes to the same weights."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_specs.pipelines import ModelSpec
+from data_specs.stages import load_stage_spec
+from tasks.shapes_world import tokenizer_corpus
+from tasks.train.stage import lr_at, train_stage
+
+SPECS = Path(__file__).resolve().parents[3] / "data_specs" / "stages"
+MODEL = ModelSpec(preset="tiny", seed=0)
+
+
+def small(name: str, steps: int, **schedule):
+    stage = load_stage_spec(SPECS / f"{name}.yaml")
+    stage.schedule.steps = steps
+    stage.schedule.batch_size = 2
+    stage.schedule.warmup_steps = 1
+    for key, value in schedule.items():
+        setattr(stage.schedule, key, value)
+    stage.log_every = 1
+    return stage
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    s = small("stage4_multitask", 100, warmup_steps=10, lr=1e-3, min_lr=1e-4, warmup_lr=1e-6)
+    assert lr_at(0, s.schedule) == pytest.approx(1e-6)
+    assert lr_at(10, s.schedule) == pytest.approx(1e-3)
+    assert lr_at(100, s.schedule) == pytest.approx(1e-4)
+    assert all(lr_at(i, s.schedule) >= lr_at(i + 1, s.schedule) for i in range(10, 100))
+
+
+def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
+    """One AdamW step moves each weight by about lr (times its scale): with vision at 0.01 and the
+    same data and seed, the vision tower moves 100x less and every other group as much."""
+
+    def weights_after_one_step(name: str, **schedule) -> dict[str, torch.Tensor]:
+        stage = small("shapes_base", 1, warmup_steps=0, lr=1e-3, **schedule)
+        out = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / name, log=quiet)
+        return load_file(Path(out["checkpoint"]) / "weights.safetensors")
+
+    from model.build import build_model
+
+    start = {
+        n: p.detach()
+        for n, p in build_model(MODEL, tokenizer_corpus=tokenizer_corpus, log=quiet)[
+            0
+        ].model.named_parameters()
+    }
+    plain = weights_after_one_step("plain", lr_scale={})  # the shipped base scales the towers
+    scaled = weights_after_one_step("scaled", lr_scale={"vision": 0.01})
+    moved = {
+        run: {n: float((w[n] - start[n]).abs().sum()) for n in w}
+        for run, w in (("plain", plain), ("scaled", scaled))
+    }
+    vision = [n for n in plain if n.startswith("vision.") and moved["plain"][n] > 0]
+    others = [n for n in plain if n.startswith("projection.")]
+    assert vision and others
+    ratio = sum(moved["scaled"][n] for n in vision) / sum(moved["plain"][n] for n in vision)
+    assert ratio == pytest.approx(0.01, rel=0.05)
+    for n in others:  # the same step, up to float rounding of the shared clipping norm
+        torch.testing.assert_close(scaled[n], plain[n], rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_contrastive_only_stage_trains_towers_and_projection_without_the_lm(tmp_path, shapes_source):
+    from data_specs.stages import Contrastive
+    from model.build import build_model
+    from model.trainable import group_of
+
+    stage = small("shapes_towers", 3, lr=1e-3)
+    assert not stage.autoregressive and stage.contrastive is not None
+    messages = []
+    out = train_stage(
+        stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "towers", log=messages.append
+    )
+    weights = load_file(Path(out["checkpoint"]) / "weights.safetensors")
+    assert {group_of(n) for n in weights} == {"vision", "qformer", "projection"}
+    start = dict(build_model(MODEL, tokenizer_corpus=tokenizer_corpus, log=quiet)[0].model.named_parameters())
+    assert not torch.equal(
+        weights["vision.vit.embeddings.patch_embedding.weight"],
+        start["vision.vit.embeddings.patch_embedding.weight"],
+    )
+    assert out["loss_start"] > 0  # the InfoNCE loss, not a zero placeholder
+
+    # both losses together: the log line and the metrics name each part
+    both = small("shapes_base", 2)
+    both.contrastive = Contrastive(weight=0.5)
+    messages.clear()
+    train_stage(both, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "both", log=messages.append)
+    assert any("(lm " in m and "semantic_transform " in m for m in messages), messages
+
+
+def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
+    base = train_stage(
+        small("shapes_base", 30, lr=3e-3),
+        MODEL,
+        data_dirs=shapes_source,
+        output_dir=tmp_path / "base",
+        log=quiet,
+    )
+    assert base["loss_end"] < base["loss_start"] * 0.7
+    stage1 = load_stage_spec(SPECS / "stage1_warmup.yaml")
+    stage1.schedule.steps, stage1.schedule.batch_size = 3, 2
+    # stage 1 from a fresh model: its checkpoint holds its trainable groups and nothing else
+    out = train_stage(stage1, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "s1", log=quiet)
+    names = load_file(Path(out["checkpoint"]) / "weights.safetensors").keys()
+    assert names and not any(n.startswith(("vision.", "qformer.")) for n in names)
+    assert not any("lora_" in n for n in names)
+    # from the base checkpoint: the base's groups are carried on, so stage 2 can start from stage 1
+    chained = train_stage(
+        stage1,
+        MODEL,
+        data_dirs=shapes_source,
+        output_dir=tmp_path / "s1b",
+        init_checkpoint=base["checkpoint"],
+        log=quiet,
+    )
+    weights = load_file(Path(chained["checkpoint"]) / "weights.safetensors")
+    base_weights = load_file(Path(base["checkpoint"]) / "weights.safetensors")
+    vision = [n for n in base_weights if n.startswith("vision.")]
+    assert vision and all(torch.equal(weights[n], base_weights[n]) for n in vision)  # frozen, carried
+    proj = [n for n in base_weights if n.startswith("projection.")]
+    assert any(not torch.equal(weights[n], base_weights[n]) for n in proj)  # trained
+
+
+def test_killed_stage_resumes_to_the_same_weights(tmp_path, shapes_source):
+    stage = small("stage4_multitask", 6)
+    stage.checkpoint_every = 2
+    full = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "full", log=quiet)
+    part = train_stage(
+        stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet, max_steps=3
+    )
+    assert part["checkpoint"] is None and Path(part["resume"]).is_dir()
+    messages = []
+    resumed = train_stage(
+        stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=messages.append
+    )
+    assert any("resuming at step 3" in m for m in messages)
+    a = load_file(Path(full["checkpoint"]) / "weights.safetensors")
+    b = load_file(Path(resumed["checkpoint"]) / "weights.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert not (tmp_path / "part" / "resume").exists()
+    again = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet)
+    assert again["skipped"] is True
