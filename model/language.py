@@ -50,6 +50,11 @@ def inject_lora(lm: PhiForCausalLM, settings: LoraSettings) -> None:
     """Add LoRA adapters in place. B starts at zero, so the adapted model computes exactly what it did;
     the adapters exist in every stage (same architecture, same checkpoints) and train only when the
     `lora` group is made trainable."""
+    if not lora_target_names(lm, settings):
+        raise ValueError(
+            f"LoRA target_modules {list(settings.target_modules)} name no Linear layer of the language "
+            "model (Phi's are q_proj, k_proj, v_proj, dense, fc1, fc2)"
+        )
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,

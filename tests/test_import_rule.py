@@ -106,9 +106,9 @@ def test_flows_may_import_every_room(tmp_path):
 @pytest.mark.parametrize("argv", [["--help"], ["spec", "--help"], ["spec", "validate", "--help"]])
 def test_help_loads_neither_prefect_nor_torch(argv):
     script = (
-        "import sys\nfrom flows.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+        f"import sys\nfrom flows.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'mlflow', 'pydantic') if m in sys.modules))"
-    ) % argv
+    )
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
     )

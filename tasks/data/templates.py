@@ -102,10 +102,6 @@ def identifier_line() -> str:
     return " ".join(i for i in TASK_IDENTIFIERS.values() if i)
 
 
-def prompt_text(segments: list[Segment]) -> str:
-    return "".join(s.text for s in segments)
-
-
 def clean_answer(text: str, end_sym: str) -> str:
     """Generated text -> answer: cut at the end symbol, trim spaces."""
     if end_sym and end_sym.strip() and end_sym in text:

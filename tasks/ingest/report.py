@@ -37,11 +37,6 @@ def reason_of(message: str) -> str:
     return "other"
 
 
-def reason_slug(message: str) -> str:
-    """An error message as a metric-name part: 'HTTP Error 404: Not Found' -> 'http_error_404_not_found'."""
-    return re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:80] or "unknown"
-
-
 def summary(manifest: dict, output_dir: str | Path) -> dict[str, Any]:
     """Small JSON: shards, samples and counts per outcome (img2dataset's status names) and per error."""
     totals = manifest["totals"]

@@ -132,6 +132,7 @@ def train_stage(
                 "init_checkpoint": init_checkpoint or "(base model)",
             }
         )
+        tracker.log_dict(model.config_summary(), "model.json")  # sizes and parameters per group
     autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=stage.precision == "bf16")
     # MFU counts the LM's forward and backward; a contrastive-only stage skips the LM, so none is reported.
     meter = Throughput(flops_per_token=flops_per_token(model) if stage.autoregressive else 0.0)

@@ -233,10 +233,10 @@ def test_the_old_field_name_adapter_still_loads(tmp_path):
 
 def test_spec_validate_loads_neither_prefect_nor_torch():
     script = (
-        "import sys; from flows.cli import main; code = main(['spec', 'validate', %r]); "
+        f"import sys; from flows.cli import main; code = main(['spec', 'validate', {str(DEMO)!r}]); "
         "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'mlflow') if m in sys.modules)); "
         "sys.exit(code)"
-    ) % str(DEMO)
+    )
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
     )

@@ -6,7 +6,11 @@ import pytest
 
 from tasks.data.boxes import format_box, iou, parse_boxes
 from tasks.data.examples import TaskExample, Turn
-from tasks.data.templates import clean_answer, prompt_text, render
+from tasks.data.templates import Segment, clean_answer, render
+
+
+def prompt_text(segments: list[Segment]) -> str:
+    return "".join(s.text for s in segments)
 
 
 def test_stage1_pairs_have_no_prompt_and_the_caption_is_the_answer():
