@@ -11,13 +11,12 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from data_specs.loader import SpecModel, load_spec
-from data_specs.registry import PRESETS, Name
+from data_specs.registry import PRESETS, SOURCE_KINDS, Name
 
-SourceKind = Literal["shapes_world", "laion_synthetic", "cc3m", "sbu", "url_list"]
 InputFormat = Literal["parquet", "csv", "tsv", "json", "jsonl", "txt"]
 Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
-# Fields of the published formats that the converters read themselves (see tasks/ingest/convert.py).
-CONVERTED_KINDS = ("laion_synthetic", "cc3m", "sbu")
+# Kinds whose published format the converters read themselves (see tasks/ingest/convert.py).
+CONVERTED_KINDS = tuple(name for name, kind in SOURCE_KINDS.items() if kind.converted)
 
 
 class ShapesWorldSpec(SpecModel):
@@ -69,9 +68,8 @@ class SourceSpec(SpecModel):
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_-]*$", description="Identifier; pipelines and stages refer to it."
     )
-    kind: SourceKind = Field(
-        description="shapes_world (embedded), laion_synthetic (BLIP JSON list), cc3m (TSV "
-        "caption<TAB>url), sbu (JSON of image_urls/captions) or url_list (named columns)."
+    kind: Name(SOURCE_KINDS, "source kind") = Field(  # type: ignore[valid-type]
+        description="; ".join(f"{name}: {kind.description}" for name, kind in SOURCE_KINDS.items()) + "."
     )
     description: str = Field("", description="Free text for people.")
     shapes_world: ShapesWorldSpec | None = Field(None, description="Required iff kind is shapes_world.")

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows.cli.common import add_home_option
+
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Run one source's ingest flow; print the summary (as JSON with --json). SpecError propagates
@@ -56,5 +58,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--output", help="output folder (default <home>/data/<source name>)")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the ingest to MLflow")
-    p.add_argument("--home", help="state folder (default ./.vlmpipe or $VLMPIPE_HOME)")
+    add_home_option(p)
     p.set_defaults(func=cmd_ingest, environment=True)

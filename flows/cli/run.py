@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flows.cli.spec import DEMO_PIPELINE
+from flows.cli.common import DEMO_PIPELINE, add_home_option
 
 
 def _run_pipeline(spec: Path, home: Path, run_name: str | None) -> dict:
@@ -76,7 +76,7 @@ def add_parsers(sub: Any) -> None:
         p = sub.add_parser(name, help=helptext)
         if name == "run":
             p.add_argument("pipeline_spec")
-        p.add_argument("--home", help="state folder (default ./.vlmpipe or $VLMPIPE_HOME)")
+        add_home_option(p)
         p.add_argument("--run-name")
         p.add_argument("--json", action="store_true", help="print the run summary as JSON")
         p.set_defaults(func=cmd_run if name == "run" else cmd_demo, environment=True)

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-PACKAGE_SPECS = Path(__file__).resolve().parents[2] / "data_specs"
-DEMO_PIPELINE = PACKAGE_SPECS / "pipelines" / "shapes_demo.yaml"
+from flows.cli.common import DEMO_PIPELINE, PACKAGE_SPECS, add_home_option
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -70,5 +69,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--samples", type=int, default=5000, help="samples to draw (default 5000)")
     p.add_argument("--show", type=int, default=3, help="rendered samples to print")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--home", help="state folder (default ./.vlmpipe or $VLMPIPE_HOME)")
+    add_home_option(p)
     p.set_defaults(func=cmd_preview, environment=True)

@@ -60,7 +60,7 @@ def test_knobs_reach_img2dataset_under_their_own_names(write_spec):
             "shapes_world.colours",
             "unknown field",
         ),
-        ({"kind": "laion", "url_list": "x.json"}, "kind", "input should be"),
+        ({"kind": "laion", "url_list": "x.json"}, "kind", "unknown source kind 'laion'"),
         ({"kind": "cc3m"}, "url_list", "kind cc3m needs the file"),
         ({"kind": "url_list", "url_list": "x.csv"}, "input_format", "kind url_list needs it"),
         (
