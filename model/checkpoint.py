@@ -1,5 +1,11 @@
 """Stage checkpoints: the trained parameter groups, the tokenizer and the resumable training state.
 
+Nothing in a checkpoint can run code when loaded: weights and every tensor of the training state
+(optimizer moments, RNG states) are safetensors, everything else JSON. The manifest
+(`checkpoint.json`, written last) lists every file with its size and sha256; a checkpoint counts
+as complete only when each file is there with its size, and loading verifies every digest, so a
+flipped byte or a truncated file is refused with one line that names the file.
+
 A save is atomic: everything is written and fsynced in a hidden sibling folder that is renamed into
 place last, so a killed save never leaves a folder that `is_complete_checkpoint` accepts, and an
 existing checkpoint of the same name survives any failure before the swap.
@@ -7,6 +13,7 @@ existing checkpoint of the same name survives any failure before the swap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,11 +30,77 @@ from torch import nn
 from .trainable import check_groups, group_state_dict
 
 FORMAT = "vlmpipe-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: every file's sha256 in the manifest; training state as safetensors + JSON
 WEIGHTS = "weights.safetensors"
 MANIFEST = "checkpoint.json"  # written last: its presence (and validity) marks a complete folder
-TRAINING_STATE = "training_state.pt"
+TRAINING_STATE = "training_state.json"  # the state's structure and its non-tensor values
+TRAINING_TENSORS = "training_state.safetensors"  # the state's tensors, referenced from the JSON
 TOKENIZER_DIR = "tokenizer"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used; `str()` is one line naming the file."""
+
+
+# ---- training state without pickle ------------------------------------------------------------
+# A state is a tree of dicts, lists, tuples, numbers, strings, None and tensors (what an optimizer's
+# state_dict, torch's RNG state and our data positions hold). Tensors go to safetensors and are
+# replaced in the JSON by {"__tensor__": key}; tuples and dicts with non-string keys are tagged so
+# that they come back as they were.
+
+
+def _encode_state(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode_state(v, tensors, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode_state(v, tensors, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode_state(v, tensors, f"{where}.{k}") for k, v in value.items()}
+        for k in value:
+            if not isinstance(k, bool | int | float | str):
+                raise TypeError(f"training state: key {k!r} at {where} is not a number or string")
+        return {"__items__": [[k, _encode_state(v, tensors, f"{where}[{k!r}]")] for k, v in value.items()]}
+    raise TypeError(
+        f"training state: {type(value).__name__} at {where} cannot be saved "
+        "(tensors, numbers, strings, lists, tuples and dicts only)"
+    )
+
+
+def _decode_state(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode_state(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__tuple__" in value:
+        return tuple(_decode_state(v, tensors) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {k: _decode_state(v, tensors) for k, v in value["__items__"]}
+    return {k: _decode_state(v, tensors) for k, v in value.items()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_records(root: Path) -> dict[str, dict[str, Any]]:
+    return {
+        path.relative_to(root).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 @dataclass
@@ -81,7 +154,10 @@ def save_checkpoint(
     training_state: dict | None = None,
     metadata: dict | None = None,
 ) -> Path:
-    """Write the parameters of `groups` (plus optional tokenizer / training state) to `directory`."""
+    """Write the parameters of `groups` (plus optional tokenizer / training state) to `directory`.
+
+    `training_state` is a tree of dicts, lists, tuples, numbers, strings and tensors; anything else
+    is refused before the disk is touched."""
     directory = Path(directory).absolute()
     groups = check_groups(groups)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +180,12 @@ def save_checkpoint(
         "has_training_state": training_state is not None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    # Serialise before touching the disk: a bad metadata value fails without leaving anything behind.
-    manifest_text = json.dumps(manifest, indent=2, default=str)
+    # Serialise before touching the disk: a bad metadata value or state fails without leaving anything.
+    json.dumps(manifest, default=str)
+    state_tensors: dict[str, torch.Tensor] = {}
+    state_text = None
+    if training_state is not None:
+        state_text = json.dumps(_encode_state(training_state, state_tensors, "state"))
 
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -114,9 +194,11 @@ def save_checkpoint(
         safetensors.torch.save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
-        if training_state is not None:
-            torch.save(training_state, staging / TRAINING_STATE)
-        (staging / MANIFEST).write_text(manifest_text)
+        if state_text is not None:
+            (staging / TRAINING_STATE).write_text(state_text)
+            safetensors.torch.save_file(state_tensors, str(staging / TRAINING_TENSORS))
+        manifest["files"] = _file_records(staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         _fsync_tree(staging)
 
         if directory.exists():
@@ -137,34 +219,77 @@ def save_checkpoint(
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} manifest")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{Path(directory)}: not a checkpoint (no {MANIFEST}; a save that did not finish?)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(
+            f"{path}: checkpoint format version {manifest.get('version')} (this vlmpipe reads {VERSION}, "
+            "with a digest of every file); train the stage again to rewrite it"
+        )
+    return manifest
+
+
+def verify_checkpoint(directory: str | Path, *, digests: bool = True, only: str = "") -> dict[str, Any]:
+    """The manifest of a checkpoint whose every file is present with its recorded size (and, with
+    `digests`, sha256); otherwise CheckpointError naming the first bad file. `only`: digest just
+    the files under that prefix (e.g. the tokenizer), sizes are still checked for all."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for name, record in manifest["files"].items():
+        path = directory / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise CheckpointError(
+                f"{directory / MANIFEST}: file entry {name!r} points outside the checkpoint"
+            )
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != record.get("bytes"):
+            raise CheckpointError(
+                f"{path}: {size} bytes, the manifest says {record.get('bytes')} (truncated or changed)"
+            )
+        if digests and name.startswith(only) and _sha256(path) != record.get("sha256"):
+            raise CheckpointError(
+                f"{path}: sha256 does not match the manifest (the file is corrupt or was changed)"
+            )
+    needed = [WEIGHTS]
+    needed += [f"{TOKENIZER_DIR}/"] if manifest.get("has_tokenizer") else []
+    needed += [TRAINING_STATE, TRAINING_TENSORS] if manifest.get("has_training_state") else []
+    for name in needed:
+        if not any(f == name or f.startswith(name) and name.endswith("/") for f in manifest["files"]):
+            raise CheckpointError(f"{directory / name}: missing from the manifest")
     return manifest
 
 
 def is_complete_checkpoint(directory: str | Path) -> bool:
-    """True only for a folder that a finished save_checkpoint produced."""
-    directory = Path(directory)
+    """True only for a folder that a finished save_checkpoint produced, every file at its recorded
+    size (the digests are checked by load_checkpoint and verify_checkpoint)."""
     try:
-        manifest = read_manifest(directory)
-    except (OSError, ValueError):
+        verify_checkpoint(directory, digests=False)
+    except CheckpointError:
         return False
-    needed = [WEIGHTS]
-    needed += [TOKENIZER_DIR] if manifest.get("has_tokenizer") else []
-    needed += [TRAINING_STATE] if manifest.get("has_training_state") else []
-    return all((directory / name).exists() for name in needed)
+    return True
 
 
 def load_checkpoint(directory: str | Path, model: nn.Module, *, strict: bool = True) -> CheckpointInfo:
-    """Copy the saved groups into `model`. strict: every saved name must exist with the same shape."""
+    """Copy the saved groups into `model`, after verifying every file's sha256. strict: every saved
+    name must exist with the same shape. Raises CheckpointError (one line, naming the file)."""
     directory = Path(directory)
     # No recovery here: loading must never modify a folder another process may be saving into.
-    if not is_complete_checkpoint(directory):
-        raise FileNotFoundError(f"{directory}: not a complete checkpoint (missing or unfinished {MANIFEST})")
-    manifest = read_manifest(directory)
+    manifest = verify_checkpoint(directory)
     weights_path = directory / WEIGHTS
-    saved = safetensors.torch.load_file(str(weights_path))
+    try:
+        saved = safetensors.torch.load_file(str(weights_path))
+    except Exception as exc:  # noqa: BLE001 (safetensors raises several types for a bad file)
+        raise CheckpointError(f"{weights_path}: not readable as safetensors ({exc})") from None
     params = dict(model.named_parameters())
     # Check every name before copying anything: a strict failure leaves the model untouched.
     problems: dict[str, str] = {}
@@ -179,7 +304,7 @@ def load_checkpoint(directory: str | Path, model: nn.Module, *, strict: bool = T
             )
     if strict and problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ValueError(next(iter(problems.values())) + more)
+        raise CheckpointError(next(iter(problems.values())) + more)
     with torch.no_grad():
         for name, tensor in saved.items():
             if name not in problems:
@@ -187,8 +312,7 @@ def load_checkpoint(directory: str | Path, model: nn.Module, *, strict: bool = T
 
     training_state = None
     if manifest.get("has_training_state"):
-        # Our own file; it holds RNG states and optimizer objects, which weights_only cannot load.
-        training_state = torch.load(directory / TRAINING_STATE, map_location="cpu", weights_only=False)
+        training_state = _read_training_state(directory)
     return CheckpointInfo(
         groups=list(manifest["groups"]),
         metadata=manifest.get("metadata", {}),
@@ -198,10 +322,31 @@ def load_checkpoint(directory: str | Path, model: nn.Module, *, strict: bool = T
     )
 
 
+def _read_training_state(directory: Path) -> dict[str, Any]:
+    """JSON plus safetensors: reading them runs no code, whatever the files hold."""
+    try:
+        tree = json.loads((directory / TRAINING_STATE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable ({exc})") from None
+    try:
+        tensors = safetensors.torch.load_file(str(directory / TRAINING_TENSORS))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"{directory / TRAINING_TENSORS}: not readable as safetensors ({exc})"
+        ) from None
+    try:
+        return _decode_state(tree, tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{directory / TRAINING_STATE}: does not match {TRAINING_TENSORS} ({exc})"
+        ) from None
+
+
 def load_tokenizer_from_checkpoint(directory: str | Path):
     """The tokenizer saved beside the weights (a local folder: no hub access)."""
     from transformers import AutoTokenizer
 
+    verify_checkpoint(directory, only=f"{TOKENIZER_DIR}/")
     path = Path(directory) / TOKENIZER_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{directory}: checkpoint has no {TOKENIZER_DIR}/ folder")

@@ -8,6 +8,8 @@ again continues from `resume/`, and a finished one is not run twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import shutil
@@ -58,6 +60,28 @@ def _param_groups(model, weight_decay: float, lr_scale: dict[str, float] | None 
     ]
 
 
+# Settings that only change what is logged or how often a state is saved: a resume may differ in them.
+_RESUME_NEUTRAL = ("description", "log_every", "checkpoint_every")
+
+
+def resume_relevant(stage: StageSpec) -> dict[str, Any]:
+    """The stage spec as a resumed run must find it again (JSON values)."""
+    return stage.model_dump(mode="json", exclude=set(_RESUME_NEUTRAL))
+
+
+def stage_fingerprint(stage: StageSpec) -> str:
+    text = json.dumps(resume_relevant(stage), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def changed_fields(saved: dict[str, Any], stage: StageSpec) -> list[str]:
+    """Dotted names of the resume-relevant fields that differ between `saved` and `stage`."""
+    from tasks.tracking import flatten
+
+    before, now = flatten(saved), flatten(resume_relevant(stage))
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state()}
 
@@ -82,12 +106,16 @@ def train_stage(
 
     `max_steps` stops early (after saving a resumable state): used to test kill-and-resume.
     """
-    from model.checkpoint import is_complete_checkpoint, load_checkpoint, save_checkpoint
+    from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
     from model.trainable import set_trainable
 
     output_dir = Path(output_dir)
     final_dir, resume_dir = output_dir / "checkpoint", output_dir / "resume"
-    if is_complete_checkpoint(final_dir):
+    if final_dir.exists():
+        try:
+            verify_checkpoint(final_dir)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; delete {final_dir} to train stage {stage.name} again") from None
         log(f"stage {stage.name}: finished checkpoint found at {final_dir}; not training again")
         return {"checkpoint": str(final_dir), "skipped": True}
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +143,20 @@ def train_stage(
         _param_groups(model, sched.weight_decay, sched.lr_scale), lr=sched.lr, betas=sched.betas
     )
     start_step, losses = 0, []
-    if is_complete_checkpoint(resume_dir):
-        info = load_checkpoint(resume_dir, model)
+    spec_digest = stage_fingerprint(stage)
+    if resume_dir.exists():
+        start_over = f"delete {resume_dir} to start stage {stage.name} over"
+        try:
+            info = load_checkpoint(resume_dir, model)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; {start_over}") from None
+        changed = changed_fields(info.metadata.get("stage_spec", {}), stage)
+        if changed:
+            raise CheckpointError(
+                f"{resume_dir}: written for another version of stage {stage.name} "
+                f"({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} changed); "
+                f"put the spec back to resume, or {start_over}"
+            )
         state = info.training_state or {}
         optimizer.load_state_dict(state["optimizer"])
         data.load_state_dict(state["data"])
@@ -139,14 +179,17 @@ def train_stage(
     model.train()
     end_step = sched.steps if max_steps is None else min(sched.steps, max_steps)
 
-    def save(directory: Path, step: int) -> None:
-        training_state = {
-            "step": step,
-            "losses": losses,
-            "optimizer": optimizer.state_dict(),
-            "data": data.state_dict(),
-            "rng": _rng_state(),
-        }
+    def save(directory: Path, step: int, *, resumable: bool = True) -> None:
+        # the finished checkpoint (what the next stage and the registry take) carries no optimizer
+        training_state = None
+        if resumable:
+            training_state = {
+                "step": step,
+                "losses": losses,
+                "optimizer": optimizer.state_dict(),
+                "data": data.state_dict(),
+                "rng": _rng_state(),
+            }
         save_checkpoint(
             directory,
             model,
@@ -158,6 +201,8 @@ def train_stage(
                 "step": step,
                 "preset": built.preset.name,
                 "image_size": built.preset.image_size,
+                "stage_spec": resume_relevant(stage),
+                "stage_spec_sha256": spec_digest,
             },
         )
 
@@ -243,7 +288,7 @@ def train_stage(
         save(resume_dir, end_step)
         return {"checkpoint": None, "resume": str(resume_dir), "steps": end_step, "stopped_early": True}
 
-    save(final_dir, sched.steps)
+    save(final_dir, sched.steps, resumable=False)
     shutil.rmtree(resume_dir, ignore_errors=True)  # the finished checkpoint supersedes it
     window = max(1, len(losses) // 10)
     summary = {

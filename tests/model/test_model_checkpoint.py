@@ -15,6 +15,7 @@ from model import (
     load_tokenizer_from_checkpoint,
     save_checkpoint,
 )
+from model.checkpoint import CheckpointError, verify_checkpoint
 
 GROUPS = ["projection", "lora", "qk_norm", "post_attention_norm"]
 
@@ -76,7 +77,7 @@ def test_strict_load_names_the_file_and_the_parameter(tmp_path, make_model):
     info = load_checkpoint(path, other, strict=False)
     assert info.skipped == ["projection.proj_out.bias", "projection.proj_out.weight"]
     assert torch.equal(other.projection.proj_in.weight, saved.projection.proj_in.weight)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="missing: not a checkpoint"):
         load_checkpoint(tmp_path / "missing", other)
 
 
@@ -105,10 +106,10 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, make_model, monkeyp
 def test_failure_after_weights_and_interrupted_swap_recovery(tmp_path, make_model, monkeypatch):
     path = save_checkpoint(tmp_path / "latest", make_model(seed=1), ["projection"], metadata={"step": 1})
 
-    def exploding_torch_save(*args, **kwargs):
-        raise RuntimeError("killed while writing training state (injected)")
+    def exploding_manifest(*args, **kwargs):
+        raise RuntimeError("killed after the weights and the training state were written (injected)")
 
-    monkeypatch.setattr(torch, "save", exploding_torch_save)
+    monkeypatch.setattr("model.checkpoint._file_records", exploding_manifest)
     with pytest.raises(RuntimeError, match="injected"):
         save_checkpoint(path, make_model(seed=2), ["projection"], training_state={"step": 2})
     monkeypatch.undo()
@@ -133,3 +134,100 @@ def test_incomplete_folder_is_not_a_checkpoint(tmp_path):
     assert not is_complete_checkpoint(folder)
     (folder / "checkpoint.json").write_text("{not json")
     assert not is_complete_checkpoint(folder)
+
+
+def _resumable(tmp_path, make_model, tokenizer):
+    model = make_model(seed=1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad][:3], lr=1e-3)
+    loss = sum(p.sum() for g in optimizer.param_groups for p in g["params"])
+    loss.backward()
+    optimizer.step()
+    state = {
+        "step": 3,
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": __import__("random").getstate()},
+        "data": {"carry": [(1, 0, 2)], "sampler": {"epoch": 0}},
+    }
+    path = save_checkpoint(
+        tmp_path / "resume", model, ["projection"], tokenizer=tokenizer, training_state=state
+    )
+    return path, state, optimizer
+
+
+def test_training_state_round_trips_without_pickle(tmp_path, make_model, tokenizer):
+    path, state, optimizer = _resumable(tmp_path, make_model, tokenizer)
+    assert {p.name for p in path.iterdir()} >= {"training_state.json", "training_state.safetensors"}
+    assert not list(path.glob("*.pt"))
+    loaded = load_checkpoint(path, make_model(seed=2)).training_state
+    assert loaded["step"] == 3 and loaded["data"] == state["data"]
+    assert loaded["rng"]["python"] == state["rng"]["python"]  # tuples come back as tuples
+    assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
+    fresh = torch.optim.AdamW([p for p in make_model(seed=1).parameters() if p.requires_grad][:3], lr=1e-3)
+    fresh.load_state_dict(loaded["optimizer"])  # int keys, tuples (betas) and tensors restored
+    for key, value in optimizer.state_dict()["state"][0].items():
+        assert torch.equal(fresh.state_dict()["state"][0][key], value), key
+
+
+def test_a_tampered_training_state_cannot_run_code(tmp_path, make_model, tokenizer):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("pathlib").Path.touch, (marker,))
+
+    path, _, _ = _resumable(tmp_path, make_model, tokenizer)
+    bomb = pickle.dumps({"step": Payload()})
+    (path / "training_state.pt").write_bytes(bomb)  # the old pickle name: never opened
+    (path / "training_state.json").write_bytes(bomb)  # and the real name, with the manifest redone
+    manifest = json.loads((path / "checkpoint.json").read_text())
+    import hashlib
+
+    manifest["files"]["training_state.json"] = {
+        "bytes": len(bomb),
+        "sha256": hashlib.sha256(bomb).hexdigest(),
+    }
+    (path / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"training_state.json: unreadable"):
+        load_checkpoint(path, make_model(seed=2))
+    assert not marker.exists()
+
+
+def test_a_flipped_byte_in_any_file_is_refused_by_name(tmp_path, make_model, tokenizer):
+    path, _, _ = _resumable(tmp_path, make_model, tokenizer)
+    files = json.loads((path / "checkpoint.json").read_text())["files"]
+    assert "weights.safetensors" in files and any(f.startswith("tokenizer/") for f in files)
+    for name in files:
+        target = path / name
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        original = target.read_bytes()
+        target.write_bytes(bytes(data))
+        assert is_complete_checkpoint(path)  # same size: only the digest can tell
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path, make_model(seed=2))
+        assert str(err.value).startswith(f"{target}: sha256 does not match") and "\n" not in str(err.value)
+        target.write_bytes(original)
+    load_checkpoint(path, make_model(seed=2))  # all restored: loads again
+
+
+def test_truncated_and_missing_files_are_named(tmp_path, make_model, tokenizer):
+    path, _, _ = _resumable(tmp_path, make_model, tokenizer)
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert not is_complete_checkpoint(path)
+    with pytest.raises(CheckpointError, match=rf"{weights}: 100 bytes, the manifest says \d+"):
+        verify_checkpoint(path)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=rf"{weights}: missing"):
+        load_checkpoint(path, make_model(seed=2))
+    (path / "checkpoint.json").write_text(json.dumps({"format": "vlmpipe-checkpoint", "version": 1}))
+    with pytest.raises(CheckpointError, match="format version 1"):
+        verify_checkpoint(path)
+
+
+def test_a_state_that_json_cannot_hold_is_refused_before_the_disk(tmp_path, make_model):
+    with pytest.raises(TypeError, match="object at state.oops cannot be saved"):
+        save_checkpoint(tmp_path / "x", make_model(), ["projection"], training_state={"oops": object()})
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())

@@ -152,3 +152,38 @@ def test_killed_stage_resumes_to_the_same_weights(tmp_path, shapes_source):
     assert not (tmp_path / "part" / "resume").exists()
     again = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet)
     assert again["skipped"] is True
+
+
+def test_resume_refuses_a_changed_spec_and_a_corrupt_state_with_the_way_out(tmp_path, shapes_source):
+    from model.checkpoint import CheckpointError
+
+    stage = small("stage4_multitask", 6)
+    stage.checkpoint_every = 2
+    out = tmp_path / "run"
+    train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=out, log=quiet, max_steps=3)
+    resume = out / "resume"
+
+    changed = small("stage4_multitask", 6, lr=stage.schedule.lr / 10)  # the NaN advice: lower the lr
+    changed.checkpoint_every = 2
+    with pytest.raises(CheckpointError) as err:
+        train_stage(changed, MODEL, data_dirs=shapes_source, output_dir=out, log=quiet)
+    message = str(err.value)
+    assert (
+        "schedule.lr changed" in message
+        and f"delete {resume} to start stage stage4_multitask over" in message
+    )
+    logged_more = small("stage4_multitask", 6)
+    logged_more.checkpoint_every, logged_more.log_every = 2, 5  # logging settings may change
+    state = resume / "training_state.safetensors"
+    original = state.read_bytes()
+    state.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match=rf"{state}: sha256 does not match.*delete {resume}"):
+        train_stage(logged_more, MODEL, data_dirs=shapes_source, output_dir=out, log=quiet)
+    state.write_bytes(original)
+    done = train_stage(logged_more, MODEL, data_dirs=shapes_source, output_dir=out, log=quiet)
+    final = Path(done["checkpoint"])
+    assert not list(final.glob("training_state*"))  # the finished checkpoint carries no optimizer
+    weights = final / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=rf"{weights}: .*delete {final} to train stage"):
+        train_stage(logged_more, MODEL, data_dirs=shapes_source, output_dir=out, log=quiet)
