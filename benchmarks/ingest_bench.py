@@ -128,6 +128,7 @@ def main() -> int:
                     "url_list": str(url_list),
                     "input_format": "parquet",
                     "min_success_rate": 1.0,
+                    "allowed_hosts": ["127.0.0.1"],  # the loopback server (web sources refuse it otherwise)
                     **knobs,
                 }
             )

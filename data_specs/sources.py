@@ -139,11 +139,30 @@ class SourceSpec(SpecModel):
         ["noai", "noimageai", "noindex", "noimageindex"],
         description="X-Robots-Tag directives that make an image unusable (counted, not downloaded).",
     )
+    allowed_hosts: list[str] = Field(
+        [],
+        description="Fetch only from these hosts: names, *.suffix patterns, IP addresses or CIDR "
+        "ranges; empty: any public host. A host named here may be a private address.",
+    )
+    denied_hosts: list[str] = Field([], description="Never fetch from these (same forms as allowed_hosts).")
+    allow_private_addresses: bool | None = Field(
+        None,
+        description="Fetch from loopback, private, link-local and reserved addresses; default: only "
+        "for shapes_world (served on loopback). Web sources resolve every host and refuse such "
+        "addresses, so a URL list cannot reach this machine or its network.",
+    )
+    download_deadline_s: float = Field(
+        60, gt=0, description="Seconds for a whole download (timeout bounds each socket read)."
+    )
+    max_download_bytes: int = Field(
+        50_000_000, gt=0, description="Bytes one download may take; larger answers are dropped unread."
+    )
     min_image_size: int = Field(0, ge=0, description="Drop images whose smaller side is below this.")
     max_image_area: float | None = Field(
-        None,
+        89_478_485,
         gt=0,
-        description="Drop images with more pixels than this (decompression bombs); null: no limit.",
+        description="Drop images whose header announces more pixels than this, before decoding them "
+        "(decompression bombs; the default is PIL's own limit, ~89.5 MP); null: no limit.",
     )
     max_aspect_ratio: float | None = Field(
         None, gt=0, description="Drop images longer/shorter above this; null: no limit."
@@ -182,6 +201,11 @@ class SourceSpec(SpecModel):
         if value is not None and spec_path is not None and not value.is_absolute():
             return (Path(spec_path).parent / value).resolve()
         return value
+
+    @field_validator("allow_private_addresses")
+    @classmethod
+    def _private_for_loopback_source(cls, value: bool | None, info: ValidationInfo) -> bool:
+        return info.data.get("kind") == "shapes_world" if value is None else value
 
     @field_validator("resize_mode", mode="before")
     @classmethod
@@ -280,6 +304,16 @@ class SourceSpec(SpecModel):
         )
         options["distributor"] = self.distributor
         return options
+
+    def fetch_policy(self) -> dict[str, Any]:
+        """What tasks/ingest/fetch.py's FetchPolicy may fetch and for how long."""
+        return {
+            "allow_private_addresses": bool(self.allow_private_addresses),
+            "allowed_hosts": list(self.allowed_hosts),
+            "denied_hosts": list(self.denied_hosts),
+            "deadline_s": self.download_deadline_s,
+            "max_bytes": self.max_download_bytes,
+        }
 
 
 def load_source_spec(path: str | Path) -> SourceSpec:

@@ -13,6 +13,9 @@ STATUSES = ("success", "failed_to_download", "failed_to_resize")
 
 # (pattern in img2dataset's error message, reason); first match wins
 _REASONS = (
+    (re.compile(r"^blocked: scheme"), "blocked_scheme"),
+    (re.compile(r"^blocked: .*(host|address)"), "blocked_host"),
+    (re.compile(r"max_download_bytes"), "too_many_bytes"),
     (re.compile(r"HTTP Error (\d{3})"), "http_{0}"),
     (re.compile(r"timed out|timeout", re.I), "timeout"),
     (re.compile(r"X-Robots-Tag"), "disallowed_by_robots"),

@@ -40,6 +40,7 @@ def worker_config(spec: SourceSpec, prepared: PreparedInput, shards_dir: Path) -
     return {
         "download": download,
         "reject_truncated": spec.reject_truncated,
+        "fetch": spec.fetch_policy(),
         "spark": spec.spark.model_dump() if spec.spark else None,
     }
 

@@ -52,14 +52,20 @@ def run(config: dict) -> None:
     # `import img2dataset.main` would give the package's `main` function, not the module
     i2d = importlib.import_module("img2dataset.main")
 
+    from tasks.ingest.checks import StrictResizer
+    from tasks.ingest.fetch import FetchPolicy, PolicyDownloader
+
+    # every URL of every download process goes through the source's fetch policy
+    policy = FetchPolicy.from_config(config.get("fetch") or {})
+    original_downloader = i2d.Downloader
+    i2d.Downloader = lambda **kwargs: PolicyDownloader(original_downloader(**kwargs), policy)
     reject = bool(config.get("reject_truncated", True))
     original = i2d.Resizer
-    if reject:
-        from tasks.ingest.checks import StrictResizer
-
-        # img2dataset builds its Resizer inside download(); wrap it there (a subclass would pull
-        # img2dataset into every module that imports the check)
-        i2d.Resizer = lambda **kwargs: StrictResizer(original(**kwargs), reject_truncated=True)
+    # img2dataset builds its Resizer inside download(); wrap it there (a subclass would pull
+    # img2dataset into every module that imports the checks)
+    i2d.Resizer = lambda **kwargs: StrictResizer(
+        original(**kwargs), reject_truncated=reject, max_image_area=kwargs.get("max_image_area")
+    )
     if config["download"].get("distributor") == "pyspark":
         _spark_session(config.get("spark") or {})
     i2d.download(**config["download"])

@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import yaml
 
 # small and quick: img2dataset's start-up (~10 s) dominates every real ingest here
-FAST_DOWNLOAD = {"processes_count": 1, "thread_count": 8, "timeout": 2, "image_size": 32}
+# the loopback test servers are private addresses, which web sources refuse unless allowed by name
+FAST_DOWNLOAD = {
+    "processes_count": 1,
+    "thread_count": 8,
+    "timeout": 2,
+    "image_size": 32,
+    "allowed_hosts": ["127.0.0.1"],
+}
 SHAPES = {"num_train": 60, "num_heldout": 20, "seed": 7, "canvas_size": 64, "max_shapes": 3}
 
 

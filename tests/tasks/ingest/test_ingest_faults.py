@@ -16,7 +16,7 @@ from flows.cli.ingest import add_parsers as add_ingest_parser
 from flows.cli.ingest import cmd_ingest as cli_ingest
 from flows.ingest import ingest_flow
 from tasks.ingest import LowSuccessRate, ingest_source
-from tasks.ingest.checks import TRUNCATED
+from tasks.ingest.checks import TOO_LARGE, TRUNCATED
 from tasks.loopback import FAULT_KINDS, FaultServer, fault_url_rows
 from tasks.tracking import start_run
 
@@ -33,7 +33,7 @@ EXPECTED = {
     ),
     "not_image": ("failed_to_resize", "Image decoding error", "not_an_image"),
     "truncated_jpeg": ("failed_to_resize", TRUNCATED, "truncated"),
-    "oversize": ("failed_to_resize", "image area too large", "too_large"),
+    "oversize": ("failed_to_resize", TOO_LARGE, "too_large"),
 }
 
 

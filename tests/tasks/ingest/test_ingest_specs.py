@@ -40,7 +40,8 @@ def test_knobs_reach_img2dataset_under_their_own_names(write_spec):
     spec = load_source_spec(write_spec(kind="sbu", url_list="x.json", thread_count=7, max_aspect_ratio=3))
     options = spec.img2dataset_options()
     assert options["thread_count"] == 7 and options["max_aspect_ratio"] == 3
-    assert options["max_image_area"] == float("inf")
+    assert options["max_image_area"] == 89_478_485  # PIL's limit unless the spec says otherwise
+    assert spec.fetch_policy()["allow_private_addresses"] is False  # a web source never reaches this machine
     assert options["disallowed_header_directives"] == ["noai", "noimageai", "noindex", "noimageindex"]
 
 

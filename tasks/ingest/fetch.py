@@ -1,0 +1,192 @@
+"""What an ingest may fetch, and how long it may take: img2dataset's `download_image`, replaced in
+its worker process by `policy_download`, which opens only http and https URLs, refuses hosts the
+source's policy denies (every loopback, private, link-local and reserved address by default for
+web sources), applies the same policy to every redirect, and bounds a download's total time and
+size (a socket timeout alone lets a server that trickles bytes hold a thread forever).
+
+A refused URL is never opened; it is recorded as failed_to_download with a message that starts
+with "blocked:", which the manifest counts under its own reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import ipaddress
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+SCHEMES = ("http", "https")
+BROWSER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+
+
+class Blocked(urllib.error.URLError):
+    """A URL the policy refuses; `reason` is the one-line message recorded for it."""
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    allow_private_addresses: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # non-empty: only these (names, *.suffix patterns, IPs, CIDRs)
+    denied_hosts: tuple[str, ...] = ()  # always refused, same forms
+    deadline_s: float = 60.0  # the whole download, connection to last byte
+    max_bytes: int = 50_000_000
+    resolve: Any = field(default=socket.getaddrinfo, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FetchPolicy:
+        return cls(
+            allow_private_addresses=bool(config.get("allow_private_addresses", False)),
+            allowed_hosts=tuple(config.get("allowed_hosts") or ()),
+            denied_hosts=tuple(config.get("denied_hosts") or ()),
+            deadline_s=float(config.get("deadline_s", 60.0)),
+            max_bytes=int(config.get("max_bytes", 50_000_000)),
+        )
+
+    def check(self, url: str) -> None:
+        """Raise Blocked when `url` may not be fetched."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise Blocked(f"blocked: scheme {scheme or '(none)'!r} (only http and https are fetched)")
+        host = (parts.hostname or "").lower()
+        if not host:
+            raise Blocked("blocked: no host in the URL")
+        if _matches(host, self.denied_hosts):
+            raise Blocked(f"blocked: host {host} is in denied_hosts")
+        explicitly_allowed = bool(self.allowed_hosts) and _matches(host, self.allowed_hosts)
+        if self.allowed_hosts and not explicitly_allowed:
+            raise Blocked(f"blocked: host {host} is not in allowed_hosts")
+        private_ok = self.allow_private_addresses or explicitly_allowed
+        if private_ok and not any("/" in d for d in self.denied_hosts):
+            return  # nothing left that depends on the address
+        for address in self._addresses(host, parts.port or (443 if scheme == "https" else 80)):
+            if _matches(str(address), self.denied_hosts):
+                raise Blocked(f"blocked: host {host} resolves to the denied address {address}")
+            if not private_ok and not address.is_global:
+                raise Blocked(f"blocked: host {host} resolves to the non-public address {address}")
+
+    def _addresses(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        try:
+            infos = self.resolve(host, port, proto=socket.IPPROTO_TCP)
+        except OSError as exc:
+            raise urllib.error.URLError(f"cannot resolve {host} ({exc})") from None
+        return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def _matches(host: str, patterns: tuple[str, ...]) -> bool:
+    """Host names (exact or `*.example.com`), IP addresses and CIDR ranges."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if "/" in pattern and address is not None:
+            try:
+                if address in ipaddress.ip_network(pattern, strict=False):
+                    return True
+            except ValueError:
+                continue
+        elif fnmatch.fnmatchcase(host, pattern):
+            return True
+    return False
+
+
+class _PolicyRedirects(urllib.request.HTTPRedirectHandler):
+    """Checks every redirect target against the policy before urllib looks at it (urllib alone would
+    follow a redirect to ftp:// or to an internal host)."""
+
+    def __init__(self, policy: FetchPolicy):
+        self.policy = policy
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 (urllib's API)
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            self.policy.check(urljoin(req.full_url, location))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def policy_download(
+    policy: FetchPolicy,
+    row: Any,
+    timeout: float,
+    user_agent_token: str | None,
+    disallowed_header_directives: Any,
+) -> tuple[Any, io.BytesIO | None, str | None]:
+    """img2dataset's download_image contract: (key, bytes or None, error message or None)."""
+    from img2dataset.downloader import is_disallowed
+
+    key, url = row
+    agent = BROWSER_AGENT
+    if user_agent_token:
+        agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+    try:
+        policy.check(url)
+        opener = urllib.request.build_opener(_PolicyRedirects(policy))
+        request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
+        deadline = time.monotonic() + policy.deadline_s
+        with opener.open(request, timeout=timeout) as response:
+            if disallowed_header_directives and is_disallowed(
+                response.headers, user_agent_token, disallowed_header_directives
+            ):
+                return key, None, "Use of image disallowed by X-Robots-Tag directive"
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > policy.max_bytes:
+                return (
+                    key,
+                    None,
+                    f"blocked: {length} bytes announced, above max_download_bytes {policy.max_bytes}",
+                )
+            buffer = io.BytesIO()
+            # read1 returns what one socket read gives: the deadline is checked between trickles
+            read_some = getattr(response, "read1", response.read)
+            while True:
+                if time.monotonic() > deadline:
+                    return key, None, f"download timed out: over the {policy.deadline_s:g} s deadline"
+                chunk = read_some(1 << 16)
+                if not chunk:
+                    break
+                buffer.write(chunk)
+                if buffer.tell() > policy.max_bytes:
+                    return key, None, f"blocked: over max_download_bytes {policy.max_bytes}"
+        buffer.seek(0)
+        return key, buffer, None
+    except Blocked as exc:
+        return key, None, str(exc.reason)
+    except Exception as exc:  # noqa: BLE001 (img2dataset records any failure as the URL's message)
+        return key, None, str(exc)
+
+
+class PolicyDownloader:
+    """Wraps img2dataset's Downloader, which is pickled into its download processes (multiprocessing
+    or Spark): in each of them, before the first shard, the module's download_image is replaced by
+    policy_download under `policy`, so no process downloads around the policy."""
+
+    def __init__(self, inner: Any, policy: FetchPolicy):
+        self.inner, self.policy = inner, policy
+
+    def __call__(self, row: Any) -> Any:
+        install(self.policy)
+        return self.inner(row)
+
+
+def install(policy: FetchPolicy) -> None:
+    """Route img2dataset's downloads in this process through `policy` (download_image_with_retry
+    looks download_image up at each call)."""
+    import functools
+    import importlib
+
+    downloader = importlib.import_module("img2dataset.downloader")
+    downloader.download_image = functools.partial(policy_download, policy)
