@@ -7,16 +7,17 @@ that names an unknown source fails at load with the stage file and field in the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from data_specs.loader import SpecError, SpecModel, load_spec
+from data_specs.loader import Seed, SpecError, SpecModel, load_spec
 from data_specs.registry import BENCHMARKS, PRESETS, Name
-from data_specs.sources import SourceSpec, load_source_spec
-from data_specs.stages import StageSpec, load_stage_spec
+from data_specs.sources import SourceSpec, check_source_files, load_source_spec, splits_of
+from data_specs.stages import StageSpec, check_stage_files, load_stage_spec
 from model.lora import DEFAULT_LORA
 
 
@@ -35,7 +36,7 @@ class ModelSpec(SpecModel):
     )
     pretrained: bool = Field(False, description="Load the preset's published weights (needs the hub).")
     lora: LoraSpec = LoraSpec()
-    seed: int = Field(0, description="Seed of the random initialisation (pretrained: false).")
+    seed: Seed = Field(0, description="Seed of the random initialisation (pretrained: false).")
 
 
 class EvaluationSpec(SpecModel):
@@ -49,7 +50,7 @@ class EvaluationSpec(SpecModel):
     )
     max_images: int = Field(200, gt=0, description="Held-out images to use (each gives several questions).")
     batch_size: int = Field(64, gt=0)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("tasks")
     @classmethod
@@ -65,8 +66,33 @@ class EvaluationSpec(SpecModel):
 
 
 class TrackingSpec(SpecModel):
-    experiment: str = Field("vlmpipe", description="MLflow experiment of the parent run.")
-    registered_model: str | None = Field(None, description="Register the final checkpoint under this name.")
+    experiment: str = Field(
+        "vlmpipe", description="MLflow experiment of the parent run (1-500 characters, not blank)."
+    )
+    registered_model: str | None = Field(
+        None,
+        description="Register the final checkpoint under this name: letters, digits, '.', '_', '-' "
+        "(MLflow refuses '/' and ':'), at most 200 characters.",
+    )
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_name(cls, value: str) -> str:
+        if not value.strip() or len(value) > 500 or any(ord(c) < 32 for c in value):
+            raise ValueError(
+                f"{value!r}: an MLflow experiment name is 1-500 characters, not blank, no control characters"
+            )
+        return value
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", value):
+            raise ValueError(
+                f"{value!r}: a registered-model name takes letters, digits, '.', '_' and '-' (MLflow refuses "
+                "'/' and ':'), starts with a letter or digit, at most 200 characters"
+            )
+        return value
 
 
 class PipelineSpec(SpecModel):
@@ -97,6 +123,41 @@ class ResolvedPipeline:
     stage_paths: list[Path]
 
 
+def _check_split(source: SourceSpec, split: str, path: Path, field: str) -> None:
+    known = splits_of(source)
+    if known is not None and split not in known:
+        raise SpecError(
+            path, field, f"source {source.name} has no split {split!r}; its splits: {', '.join(known)}"
+        )
+
+
+def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> None:
+    """What a stage asks of the pipeline's preset: image size on the patch grid, room for text
+    after the image tokens, no more tokens than the LM has positions."""
+    preset = PRESETS[model.preset]
+    patch = int(preset.vision_kwargs["patch_size"])
+    if stage.image_size is not None and stage.image_size % patch:
+        raise SpecError(
+            path,
+            "image_size",
+            f"{stage.image_size} is not a multiple of preset {preset.name}'s patch size {patch}",
+        )
+    queries = preset.num_query_tokens
+    if stage.max_len <= queries + 8:
+        raise SpecError(
+            path,
+            "max_len",
+            f"{stage.max_len} leaves no room for text after the {queries} image tokens of preset {preset.name}",
+        )
+    positions = int(preset.lm_kwargs.get("max_position_embeddings", stage.max_len))
+    if stage.max_len > positions:
+        raise SpecError(
+            path,
+            "max_len",
+            f"{stage.max_len} is more than preset {preset.name}'s LM has positions ({positions})",
+        )
+
+
 def load_pipeline(path: str | Path) -> ResolvedPipeline:
     path = Path(path).resolve()
     spec = load_spec(PipelineSpec, path)
@@ -106,6 +167,7 @@ def load_pipeline(path: str | Path) -> ResolvedPipeline:
         if not src_path.is_file():
             raise SpecError(path, f"sources[{i}]", f"no such source spec {src_path}")
         src = load_source_spec(src_path)
+        check_source_files(src, src_path)
         if src.name in sources:
             raise SpecError(path, f"sources[{i}]", f"source name {src.name!r} appears twice")
         sources[src.name], source_paths[src.name] = src, src_path
@@ -114,6 +176,8 @@ def load_pipeline(path: str | Path) -> ResolvedPipeline:
         if not stage_path.is_file():
             raise SpecError(path, f"stages[{i}]", f"no such stage spec {stage_path}")
         stage = load_stage_spec(stage_path)
+        check_stage_files(stage, stage_path)
+        _check_stage_fits_model(stage, stage_path, spec.model)
         for j, ds in enumerate(stage.mixture.datasets):
             if ds.source is not None and ds.source not in sources:
                 raise SpecError(
@@ -121,6 +185,10 @@ def load_pipeline(path: str | Path) -> ResolvedPipeline:
                     f"mixture.datasets[{j}].source",
                     f"unknown source {ds.source!r}; the pipeline {path.name} ingests "
                     f"{', '.join(sorted(sources))}",
+                )
+            if ds.source is not None:
+                _check_split(
+                    sources[ds.source], ds.split or "train", stage_path, f"mixture.datasets[{j}].split"
                 )
         if stage.name in {s.name for s in stages}:
             raise SpecError(path, f"stages[{i}]", f"stage name {stage.name!r} appears twice")
@@ -131,6 +199,8 @@ def load_pipeline(path: str | Path) -> ResolvedPipeline:
             "evaluation.source",
             f"unknown source {spec.evaluation.source!r}; expected one of {', '.join(sorted(sources))}",
         )
+    if spec.evaluation is not None:
+        _check_split(sources[spec.evaluation.source], spec.evaluation.split, path, "evaluation.split")
     return ResolvedPipeline(path, spec, sources, source_paths, stages, list(spec.stages))
 
 

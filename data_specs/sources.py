@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from data_specs.loader import SpecModel, load_spec
+from data_specs.loader import Seed, SpecModel, load_spec
 from data_specs.registry import PRESETS, SOURCE_KINDS, Name
 
 InputFormat = Literal["parquet", "csv", "tsv", "json", "jsonl", "txt"]
@@ -24,7 +24,7 @@ class ShapesWorldSpec(SpecModel):
 
     num_train: int = Field(ge=1, description="Training scenes.")
     num_heldout: int = Field(0, ge=0, description="Held-out scenes (split 'heldout', for evaluation).")
-    seed: int = Field(0, description="Scenes depend only on (seed, split, index).")
+    seed: Seed = Field(0, description="Scenes depend only on (seed, split, index).")
     canvas_size: int = Field(64, ge=12, description="Side of the rendered square canvas in pixels.")
     max_shapes: int = Field(3, ge=1, le=9, description="Each scene has 1..max_shapes shapes.")
 
@@ -41,7 +41,7 @@ class FeatureCacheSpec(SpecModel):
         description="Towers with the preset's published weights (needs the hub); "
         "false: random towers from `seed` (tests, demo).",
     )
-    seed: int = Field(0, description="Seed of the random towers when pretrained is false.")
+    seed: Seed = Field(0, description="Seed of the random towers when pretrained is false.")
     image_size: int | None = Field(
         None,
         gt=0,
@@ -314,6 +314,21 @@ class SourceSpec(SpecModel):
             "deadline_s": self.download_deadline_s,
             "max_bytes": self.max_download_bytes,
         }
+
+
+def check_source_files(source: SourceSpec, path: str | Path) -> None:
+    """A web source's URL list must be there (the embedded source makes its own)."""
+    from data_specs.loader import SpecError
+
+    if source.url_list is not None and not source.url_list.exists():
+        raise SpecError(path, "url_list", f"no such file or folder {source.url_list}")
+
+
+def splits_of(source: SourceSpec) -> tuple[str, ...] | None:
+    """The splits a source is known to have before it is ingested (None: known only after)."""
+    if source.shapes_world is None:
+        return None
+    return ("train", "heldout") if source.shapes_world.num_heldout > 0 else ("train",)
 
 
 def load_source_spec(path: str | Path) -> SourceSpec:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 
-from data_specs.loader import SpecModel, load_spec
+from data_specs.loader import Seed, SpecModel, load_spec
 from data_specs.registry import (
     CONTRASTIVE_LOSSES,
     DATASET_FORMATS,
@@ -125,6 +125,22 @@ class Schedule(SpecModel):
         ),
     )
 
+    @field_validator("min_lr")
+    @classmethod
+    def _min_below_peak(cls, value: float, info: ValidationInfo) -> float:
+        lr = info.data.get("lr")
+        if lr is not None and value > lr:
+            raise ValueError(f"{value:g} is above lr {lr:g} (the cosine decays from lr down to min_lr)")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        for beta in value:
+            if not 0 <= beta < 1:
+                raise ValueError(f"each beta must be in [0, 1), got {beta:g}")
+        return value
+
     @field_validator("lr_scale")
     @classmethod
     def _scales(cls, value: dict[str, float]) -> dict[str, float]:
@@ -176,7 +192,7 @@ class StageSpec(SpecModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations: less memory, ~30% slower."
     )
-    seed: int = 42
+    seed: Seed = 42
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(0, ge=0, description="Steps between resumable checkpoints; 0 = end only.")
 
@@ -192,6 +208,19 @@ class StageSpec(SpecModel):
         if idle:
             raise ValueError(f"schedule.lr_scale: group {idle[0]!r} is not in trainable, so it has no lr")
         return self
+
+
+def check_stage_files(stage: StageSpec, path: str | Path) -> None:
+    """The files a stage reads must be there: each format's annotations and image folder."""
+    from data_specs.loader import SpecError
+
+    for j, ds in enumerate(stage.mixture.datasets):
+        if ds.annotations is not None and not ds.annotations.exists():
+            raise SpecError(
+                path, f"mixture.datasets[{j}].annotations", f"no such file or folder {ds.annotations}"
+            )
+        if ds.image_root is not None and not ds.image_root.is_dir():
+            raise SpecError(path, f"mixture.datasets[{j}].image_root", f"no such folder {ds.image_root}")
 
 
 def load_stage_spec(path: str | Path) -> StageSpec:
