@@ -14,8 +14,6 @@ from pathlib import Path
 def configure_environment(home: Path) -> None:
     os.environ["VLMPIPE_HOME"] = str(home)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-    # Prefect's SQLite store cannot create its own folder: the server dies with "unable to open"
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     # the ephemeral server needs 15-30 s to start on 2 cores; Prefect's default gives up at 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -23,3 +21,13 @@ def configure_environment(home: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def prepare_prefect_home() -> None:
+    """Create PREFECT_HOME just before Prefect starts (its SQLite store cannot create its own folder:
+    the server dies with "unable to open"); commands that never start Prefect write nothing."""
+    home = os.environ.get("PREFECT_HOME") or (
+        str(Path(os.environ["VLMPIPE_HOME"]) / "prefect") if os.environ.get("VLMPIPE_HOME") else None
+    )
+    if home:  # neither set: Prefect's own default home, which it creates itself
+        Path(home).mkdir(parents=True, exist_ok=True)

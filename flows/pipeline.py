@@ -9,14 +9,13 @@ overwrites another's output and no run overwrites another run's.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from data_specs.pipelines import ResolvedPipeline, load_pipeline
-from tasks.tracking import Tracker, log_json_artifact, start_run, tracked_run
+from tasks.tracking import Tracker, end_status, log_json_artifact, start_run, tracked_run
 
 
 def resolved_config(rp: ResolvedPipeline) -> dict[str, Any]:
@@ -39,12 +38,16 @@ def train_stage_flow(
 ) -> dict[str, Any]:
     """One training stage as its own flow run, called in-process by the pipeline flow (placing it on
     a work pool is not wired yet). Returns the checkpoint and the stage's MLflow run id."""
-    from tasks.train.stage import train_stage
+    from tasks.train.stage import finished_stage, train_stage, write_stage_result
 
     logger = get_run_logger()
     rp = load_pipeline(pipeline_spec)
     index = [s.name for s in rp.stages].index(stage_name)
     stage, stage_path = rp.stages[index], rp.stage_paths[index]
+    done = finished_stage(output_dir)
+    if done is not None:  # a resumed run: this stage finished before, and its checkpoint verifies
+        logger.info(f"stage {stage_name}: finished before (MLflow run {done.get('mlflow_run_id')}); kept")
+        return {**done, "skipped": True}
     with tracked_run(
         "",
         f"stage-{stage_name}",
@@ -63,7 +66,9 @@ def train_stage_flow(
             log=logger.info,
         )
         run.log_dict(summary, "summary.json")
-    return {**summary, "stage": stage_name, "mlflow_run_id": run.run_id}
+    result = {**summary, "stage": stage_name, "mlflow_run_id": run.run_id}
+    write_stage_result(output_dir, result)
+    return result
 
 
 @flow(name="evaluate", validate_parameters=False)
@@ -118,24 +123,42 @@ def register_model(parent: Tracker, checkpoint: str, name: str) -> int:
 
 
 @flow(name="vlmpipe-pipeline", validate_parameters=False, log_prints=True)
-def pipeline_flow(pipeline_spec: str, home: str, run_name: str | None = None) -> dict[str, Any]:
-    """Ingest -> stage 1..N (each from the last one's checkpoint) -> evaluate -> register."""
+def pipeline_flow(
+    pipeline_spec: str, home: str, run_name: str | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Ingest -> stage 1..N (each from the last one's checkpoint) -> evaluate -> register.
+
+    A new run gets a folder of its own (`run_name`, or a timestamped name made unique); with
+    `resume` the existing run `run_name` continues: finished stages are kept, a stage's `resume/`
+    state is picked up, and the same MLflow parent run goes on (nested runs a killed process left
+    RUNNING end as KILLED). One process owns a run folder at a time.
+    """
     from flows.ingest import ingest_flow
+    from tasks.state import claim_run
+    from tasks.tracking import reopen_run
 
     logger = get_run_logger()
     rp = load_pipeline(pipeline_spec)
     spec = rp.spec
-    run_name = run_name or time.strftime(f"{spec.name}-%Y%m%d-%H%M%S")
-    run_dir = Path(home) / "runs" / spec.name / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = claim_run(home, spec.name, run_name, resume=resume)
+    run_name, run_dir = folder.name, folder.path
     config = resolved_config(rp)
     (run_dir / "resolved_config.json").write_text(json.dumps(config, indent=2))
-
-    parent = start_run(
-        spec.tracking.experiment, run_name, tags={"vlmpipe.pipeline": spec.name, "vlmpipe.step": "pipeline"}
-    )
+    record_path = run_dir / "mlflow_run.json"
+    record = json.loads(record_path.read_text()) if resume and record_path.is_file() else None
+    if record is not None:
+        parent = reopen_run(record["tracking_uri"], record["run_id"])
+        logger.info(f"resuming run {run_name} (MLflow run {parent.run_id})")
+    else:
+        parent = start_run(
+            spec.tracking.experiment,
+            run_name,
+            tags={"vlmpipe.pipeline": spec.name, "vlmpipe.step": "pipeline"},
+        )
+        record_path.write_text(json.dumps(parent.handle()))
     try:
-        parent.log_params(config["pipeline"])
+        if record is None:
+            parent.log_params(config["pipeline"])
         log_json_artifact(parent, config, "resolved_config.json")
         parent.log_artifact(rp.path, "specs")
         for p in [*rp.source_paths.values(), *rp.stage_paths]:
@@ -176,8 +199,9 @@ def pipeline_flow(pipeline_spec: str, home: str, run_name: str | None = None) ->
         if spec.tracking.registered_model:
             version = register_model(parent, checkpoint, spec.tracking.registered_model)
             logger.info(f"registered {spec.tracking.registered_model} version {version}")
-    except BaseException:
-        parent.finish("FAILED")
+    except BaseException as exc:
+        parent.finish(end_status(exc))
+        folder.release()
         raise
     parent.finish("FINISHED")
     summary = {
@@ -197,4 +221,5 @@ def pipeline_flow(pipeline_spec: str, home: str, run_name: str | None = None) ->
         "metrics": metrics,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.release()
     return summary

@@ -122,11 +122,28 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise the first touches of a local SQLite store: MLflow creates its schema on first use,
+    and two processes doing so at once race (`alembic_version ... 0 found`). Servers need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".store.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+    with store_lock(client.tracking_uri):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
 
 
 def start_run(
@@ -145,7 +162,8 @@ def start_run(
     if parent is not None:
         parent_id = parent.run_id if isinstance(parent, Tracker) else parent["run_id"]
         all_tags["mlflow.parentRunId"] = parent_id
-        experiment_id = client.get_run(parent_id).info.experiment_id
+        with store_lock(uri):
+            experiment_id = client.get_run(parent_id).info.experiment_id
     else:
         experiment_id = ensure_experiment(client, experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -154,14 +172,36 @@ def start_run(
 
 @contextmanager
 def tracked_run(experiment: str, run_name: str, **kwargs: Any) -> Iterator[Tracker]:
-    """`start_run` as a context manager: FINISHED on success, FAILED (and re-raised) on error."""
+    """`start_run` as a context manager: FINISHED on success; on error FAILED, or KILLED for an
+    interrupt (Ctrl-C, SIGTERM); the error is re-raised."""
     tracker = start_run(experiment, run_name, **kwargs)
     try:
         yield tracker
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        tracker.finish(end_status(exc))
         raise
     tracker.finish("FINISHED")
+
+
+def end_status(exc: BaseException) -> str:
+    """MLflow's end status for a run that raised `exc`."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> Tracker:
+    """Continue a pipeline's parent run (a resumed run): RUNNING again, and every nested run left
+    RUNNING by a process that was killed is ended as KILLED."""
+    tracker = Tracker(tracking_uri, run_id)
+    client = tracker.client
+    run = client.get_run(run_id)
+    orphans = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+    )
+    for orphan in orphans:
+        client.set_terminated(orphan.info.run_id, status="KILLED")
+    client.update_run(run_id, status="RUNNING")
+    return tracker
 
 
 def log_json_artifact(tracker: Tracker, data: Any, name: str) -> None:

@@ -38,17 +38,30 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_environment(vlmpipe_home(getattr(args, "home", None)))
     from data_specs.loader import SpecError
+    from tasks import stopping
+    from tasks.state import RunError
 
+    stopping.install()  # SIGINT / SIGTERM: a training step ends, its state is saved, runs end KILLED
     try:
         return int(args.func(args) or 0)
-    except SpecError as exc:
+    except (SpecError, RunError) as exc:
         print_error(str(exc))
         return 2
-    except KeyboardInterrupt:
-        print_error("interrupted")
-        return 130
-    except Exception as exc:  # one line for people; the full record is in Prefect/MLflow
+    except BaseException as exc:  # one line for people; the full record is in Prefect/MLflow
+        signum = stopping.requested()
+        if signum is not None or isinstance(exc, KeyboardInterrupt):
+            # whatever broke while stopping (e.g. Prefect's server, hit by the terminal's Ctrl-C too)
+            # is a consequence of the stop, not its cause
+            code = 128 + (signum or 2)
+            detail = str(exc) if isinstance(exc, stopping.Interrupted) else "interrupted"
+            print_error(f"{detail}; continue with `vlmpipe run SPEC --resume RUN` (exit {code})")
+            return code
+        if isinstance(exc, SystemExit):
+            raise
         if os.environ.get("VLMPIPE_DEBUG"):
             raise
-        print_error(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, OSError) and exc.filename:
+            print_error(f"{exc.filename}: {exc.strerror or exc}")
+        else:
+            print_error(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         return 1

@@ -19,6 +19,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     home = vlmpipe_home(getattr(args, "home", None))
     spec = load_source_spec(args.source_spec)  # a bad spec fails before Prefect is imported
+    from flows.environment import prepare_prefect_home
+
+    prepare_prefect_home()
     from flows.ingest import ingest_flow
     from tasks.ingest import IngestError
 

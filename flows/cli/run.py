@@ -12,13 +12,18 @@ from typing import Any
 from flows.cli.common import DEMO_PIPELINE, add_home_option
 
 
-def _run_pipeline(spec: Path, home: Path, run_name: str | None) -> dict:
+def _run_pipeline(spec: Path, home: Path, run_name: str | None, resume: bool) -> dict:
     from data_specs.pipelines import load_pipeline
+    from flows.environment import prepare_prefect_home
+    from tasks.state import claim_run
 
-    load_pipeline(spec)  # fail fast, before Prefect starts, on a bad spec
+    rp = load_pipeline(spec)  # fail fast, before Prefect starts, on a bad spec
+    if resume:  # a run to resume must exist and be free before Prefect starts
+        claim_run(home, rp.spec.name, run_name, resume=True).release()
+    prepare_prefect_home()
     from flows.pipeline import pipeline_flow
 
-    return pipeline_flow(str(spec.resolve()), str(home), run_name)
+    return pipeline_flow(str(spec.resolve()), str(home), run_name, resume)
 
 
 def report(summary: dict, home: Path) -> None:
@@ -55,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.state import vlmpipe_home
 
     home = vlmpipe_home(args.home)
-    summary = _run_pipeline(Path(args.pipeline_spec), home, args.run_name)
+    resume = args.resume is not None
+    summary = _run_pipeline(Path(args.pipeline_spec), home, args.resume if resume else args.run_name, resume)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -77,6 +83,15 @@ def add_parsers(sub: Any) -> None:
         if name == "run":
             p.add_argument("pipeline_spec")
         add_home_option(p)
-        p.add_argument("--run-name")
+        names = p.add_mutually_exclusive_group()
+        names.add_argument(
+            "--run-name", help="name of the new run (default: <pipeline>-<date>-<time>); refused if it exists"
+        )
+        names.add_argument(
+            "--resume",
+            metavar="RUN",
+            help="continue run RUN (or 'last'): finished stages are kept, a stopped stage resumes "
+            "from its last saved step, the same MLflow run goes on",
+        )
         p.add_argument("--json", action="store_true", help="print the run summary as JSON")
         p.set_defaults(func=cmd_run if name == "run" else cmd_demo, environment=True)

@@ -24,7 +24,7 @@ from data_specs.pipelines import ModelSpec
 from data_specs.stages import StageSpec
 from model.build import build_model
 from model.losses import semantic_transform_loss
-from tasks import shapes_world
+from tasks import shapes_world, stopping
 from tasks.data.stage_data import StageData, build_pools
 from tasks.tracking import Tracker
 from tasks.train.throughput import Throughput, flops_per_token
@@ -58,6 +58,29 @@ def _param_groups(model, weight_decay: float, lr_scale: dict[str, float] | None 
         {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
         for (scale, decays), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
     ]
+
+
+STAGE_RESULT = "result.json"  # beside checkpoint/: the finished stage's summary and MLflow run id
+
+
+def write_stage_result(output_dir: str | Path, result: dict[str, Any]) -> None:
+    path = Path(output_dir) / STAGE_RESULT
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+
+
+def finished_stage(output_dir: str | Path) -> dict[str, Any] | None:
+    """The stored result of a stage whose final checkpoint is there and verifies; else None."""
+    from model.checkpoint import CheckpointError, verify_checkpoint
+
+    output_dir = Path(output_dir)
+    try:
+        result = json.loads((output_dir / STAGE_RESULT).read_text())
+        verify_checkpoint(output_dir / "checkpoint")
+    except (OSError, ValueError, CheckpointError):
+        return None
+    return result if result.get("checkpoint") == str(output_dir / "checkpoint") else None
 
 
 # Settings that only change what is logged or how often a state is saved: a resume may differ in them.
@@ -206,83 +229,99 @@ def train_stage(
             },
         )
 
-    for step in range(start_step, end_step):
-        lr = lr_at(step, sched)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        t0 = time.perf_counter()
-        batch, pixels = data.next_batch()
-        t1 = time.perf_counter()
-        lm_loss = contrastive_loss = None
-        with autocast:
-            if stage.autoregressive:
-                out = model(
-                    input_ids=batch.input_ids,
-                    pixel_values=pixels,
-                    segment_ids=batch.segment_ids,
-                    attention_mask=batch.attention_mask,
-                    labels=batch.labels,
-                    return_embeds=contrastive is not None,
+    with stopping.handling():  # SIGINT/SIGTERM end the stage at a step boundary, state saved
+        for step in range(start_step, end_step):
+            with stopping.deferred():  # a stop request waits for the step to end
+                lr = lr_at(step, sched)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                t0 = time.perf_counter()
+                batch, pixels = data.next_batch()
+                t1 = time.perf_counter()
+                lm_loss = contrastive_loss = None
+                with autocast:
+                    if stage.autoregressive:
+                        out = model(
+                            input_ids=batch.input_ids,
+                            pixel_values=pixels,
+                            segment_ids=batch.segment_ids,
+                            attention_mask=batch.attention_mask,
+                            labels=batch.labels,
+                            return_embeds=contrastive is not None,
+                        )
+                        lm_loss, embeds = out.loss, out.inputs_embeds
+                    else:  # contrastive only: the LM's input embeddings are all it needs
+                        embeds = model.embed_inputs(batch.input_ids, pixels)
+                if contrastive is not None:
+                    contrastive_loss, _ = CONTRASTIVE_LOSSES[contrastive.loss](
+                        embeds,
+                        batch.input_ids,
+                        model.image_token_id,
+                        segment_ids=batch.segment_ids,
+                        attention_mask=batch.attention_mask,
+                        temperature=contrastive.temperature,
+                    )
+                if lm_loss is None:
+                    loss = contrastive.weight * contrastive_loss
+                elif contrastive_loss is None:
+                    loss = lm_loss
+                else:
+                    loss = lm_loss + contrastive.weight * contrastive_loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
+                        "schedule.lr or check the data (vlmpipe spec preview)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = None
+                if sched.grad_clip:
+                    params = [p for g in optimizer.param_groups for p in g["params"]]
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, sched.grad_clip))
+                optimizer.step()
+                t2 = time.perf_counter()
+                loss_value = loss.item()
+                losses.append(loss_value)
+                meter.add(
+                    tokens=batch.real_tokens, samples=batch.num_samples, data_s=t1 - t0, compute_s=t2 - t1
                 )
-                lm_loss, embeds = out.loss, out.inputs_embeds
-            else:  # contrastive only: the LM's input embeddings are all it needs
-                embeds = model.embed_inputs(batch.input_ids, pixels)
-        if contrastive is not None:
-            contrastive_loss, _ = CONTRASTIVE_LOSSES[contrastive.loss](
-                embeds,
-                batch.input_ids,
-                model.image_token_id,
-                segment_ids=batch.segment_ids,
-                attention_mask=batch.attention_mask,
-                temperature=contrastive.temperature,
-            )
-        if lm_loss is None:
-            loss = contrastive.weight * contrastive_loss
-        elif contrastive_loss is None:
-            loss = lm_loss
-        else:
-            loss = lm_loss + contrastive.weight * contrastive_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
-                "schedule.lr or check the data (vlmpipe spec preview)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = None
-        if sched.grad_clip:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, sched.grad_clip))
-        optimizer.step()
-        t2 = time.perf_counter()
-        loss_value = loss.item()
-        losses.append(loss_value)
-        meter.add(tokens=batch.real_tokens, samples=batch.num_samples, data_s=t1 - t0, compute_s=t2 - t1)
-        if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
-            figures = meter.report()
-            metrics = {
-                "loss": loss_value,
-                "lr": lr,
-                "packing_efficiency": batch.real_tokens / batch.capacity,
-                **figures,
-            }
-            if grad_norm is not None:
-                metrics["grad_norm"] = grad_norm
-            if contrastive is not None:
-                if lm_loss is not None:
-                    metrics["lm_loss"] = lm_loss.item()
-                metrics[f"{contrastive.loss}_loss"] = contrastive_loss.item()
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=step + 1)
-            parts = ""
-            if contrastive is not None and lm_loss is not None:
-                parts = f" (lm {lm_loss.item():.4f}, {contrastive.loss} {contrastive_loss.item():.4f})"
-            log(
-                f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f}{parts} lr {lr:.2e} "
-                f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}"
-            )
-        if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0 and step + 1 < sched.steps:
-            save(resume_dir, step + 1)
+                if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
+                    figures = meter.report()
+                    metrics = {
+                        "loss": loss_value,
+                        "lr": lr,
+                        "packing_efficiency": batch.real_tokens / batch.capacity,
+                        **figures,
+                    }
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = grad_norm
+                    if contrastive is not None:
+                        if lm_loss is not None:
+                            metrics["lm_loss"] = lm_loss.item()
+                        metrics[f"{contrastive.loss}_loss"] = contrastive_loss.item()
+                    if tracker is not None:
+                        tracker.log_metrics(metrics, step=step + 1)
+                    parts = ""
+                    if contrastive is not None and lm_loss is not None:
+                        parts = (
+                            f" (lm {lm_loss.item():.4f}, {contrastive.loss} {contrastive_loss.item():.4f})"
+                        )
+                    log(
+                        f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f}{parts} lr {lr:.2e} "
+                        f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}"
+                    )
+                if (
+                    stage.checkpoint_every
+                    and (step + 1) % stage.checkpoint_every == 0
+                    and step + 1 < sched.steps
+                ):
+                    save(resume_dir, step + 1)
+            if stopping.requested() is not None:
+                save(resume_dir, step + 1)
+                raise stopping.Interrupted(
+                    stopping.requested(),
+                    f"stage {stage.name} stopped after step {step + 1}; state saved in {resume_dir}",
+                )
 
     if end_step < sched.steps:
         save(resume_dir, end_step)

@@ -152,3 +152,83 @@ def test_prefect_records_the_flow_runs_completed_in_dependency_order(pipeline_ru
     for before, after in zip(stages, stages[1:], strict=False):
         assert before["end"] <= after["start"], (before, after)
     assert any(r["flow"] == "evaluate" for r in runs)
+
+
+def test_resume_of_an_unknown_run_is_refused_before_anything_starts(tmp_path):
+    home = tmp_path / "home"
+    base = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        str(ROOT / "data_specs" / "pipelines" / "shapes_demo.yaml"),
+    ]
+    proc = subprocess.run(
+        [*base, "--home", str(home), "--resume", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no run 'nope' to resume (runs there: none)" in proc.stderr
+    assert not (home / "prefect").exists()  # refused before Prefect was started
+    proc = subprocess.run(
+        [*base, "--run-name", "a", "--resume", "a"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+
+
+def test_sigterm_ends_the_run_cleanly_and_resume_continues_the_same_mlflow_run(tmp_path):
+    """SIGTERM mid-stage: exit 143 with one line, no MLflow run left RUNNING, no process of the
+    run left over; `--resume` then finishes the same parent run."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    spec = mini_pipeline(tmp_path)
+    stage4 = yaml.safe_load((tmp_path / "stage4_multitask.yaml").read_text())
+    stage4["schedule"]["steps"] = 400  # long enough to be stopped in the middle
+    (tmp_path / "stage4_multitask.yaml").write_text(yaml.safe_dump(stage4))
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home)]
+    proc = subprocess.Popen(
+        [*cmd, "--run-name", "t"],
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "stage4_multitask step 4/400" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(seen) + rest
+    assert proc.returncode == 143, output[-3000:]
+    assert "stage stage4_multitask stopped after step" in output and "--resume" in output, output[-2000:]
+    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], leftovers
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mini")
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    parent = [r for r in runs if r.info.run_name == "t"]
+    assert len(parent) == 1 and parent[0].info.status == "KILLED"
+
+    again = subprocess.run(
+        [*cmd, "--resume", "t", "--json"],
+        cwd=ROOT,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = json.loads(again.stdout[again.stdout.index("{\n") :])
+    assert summary["mlflow_run_id"] == parent[0].info.run_id and summary["run_name"] == "t"
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in runs].count("t") == 1
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
