@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from data_specs.pipelines import ResolvedPipeline, load_pipeline
-from tasks.tracking import Tracker, end_status, log_json_artifact, start_run, tracked_run
+from tasks.tracking import Tracker, end_status, log_failure, log_json_artifact, start_run, tracked_run
 
 
 def resolved_config(rp: ResolvedPipeline) -> dict[str, Any]:
@@ -200,6 +200,7 @@ def pipeline_flow(
             version = register_model(parent, checkpoint, spec.tracking.registered_model)
             logger.info(f"registered {spec.tracking.registered_model} version {version}")
     except BaseException as exc:
+        log_failure(parent, exc)
         parent.finish(end_status(exc))
         folder.release()
         raise

@@ -178,9 +178,20 @@ def tracked_run(experiment: str, run_name: str, **kwargs: Any) -> Iterator[Track
     try:
         yield tracker
     except BaseException as exc:
+        log_failure(tracker, exc)
         tracker.finish(end_status(exc))
         raise
     tracker.finish("FINISHED")
+
+
+def log_failure(tracker: Tracker, exc: BaseException) -> None:
+    """The traceback as the run's `error.txt` (best effort: the run still ends with its status)."""
+    import traceback
+
+    try:
+        tracker.log_text("".join(traceback.format_exception(exc)), "error.txt")
+    except Exception:  # noqa: BLE001 (the store may be what failed)
+        pass
 
 
 def end_status(exc: BaseException) -> str:

@@ -114,3 +114,31 @@ def test_help_loads_neither_prefect_nor_torch(argv):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_runtime_failure_is_one_line_and_its_traceback_goes_to_a_log(tmp_path):
+    """(Here because it is about the command line as a whole, like --help above.)"""
+    bad = tmp_path / "gqa.json"
+    bad.write_text('{"q1": {"question": "what?", "answer": 3}}')  # answer is not text
+    stage = ROOT / "data_specs" / "stages" / "stage4_multitask.yaml"
+    text = stage.read_text()
+    start, end = text.index("  datasets:\n"), text.index("trainable:")
+    text = (
+        text[:start]
+        + f"  datasets:\n    - {{name: g, format: gqa, annotations: {bad}, task: vqa, weight: 1}}\n"
+        + text[end:]
+    )
+    spec = tmp_path / "stage.yaml"
+    spec.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "spec", "preview", str(spec), "--home", str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    log = lines[0].rsplit("(traceback: ", 1)[1].rstrip(")")
+    assert Path(log).parent == tmp_path / "home" / "logs" and "Traceback" in Path(log).read_text()

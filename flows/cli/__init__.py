@@ -60,8 +60,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if os.environ.get("VLMPIPE_DEBUG"):
             raise
+        log = _write_traceback(args, exc)
+        where = f" (traceback: {log})" if log else ""
         if isinstance(exc, OSError) and exc.filename:
-            print_error(f"{exc.filename}: {exc.strerror or exc}")
+            print_error(f"{exc.filename}: {exc.strerror or exc}{where}")
         else:
-            print_error(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            print_error(f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}")
         return 1
+
+
+def _write_traceback(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """The full traceback of a failed command, in <home>/logs/ (the terminal gets one line)."""
+    import time
+    import traceback
+
+    if not getattr(args, "environment", False):
+        return None
+    try:
+        from tasks.state import vlmpipe_home
+
+        folder = vlmpipe_home(getattr(args, "home", None)) / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(exc)))
+        return str(path)
+    except OSError:  # a full or read-only disk: the one line is all there is
+        return None
