@@ -184,7 +184,7 @@ def test_sigterm_ends_the_run_cleanly_and_resume_continues_the_same_mlflow_run(t
 
     spec = mini_pipeline(tmp_path)
     stage4 = yaml.safe_load((tmp_path / "stage4_multitask.yaml").read_text())
-    stage4["schedule"]["steps"] = 400  # long enough to be stopped in the middle
+    stage4["schedule"]["steps"] = 60  # long enough to be stopped in the middle
     (tmp_path / "stage4_multitask.yaml").write_text(yaml.safe_dump(stage4))
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home)]
@@ -200,7 +200,7 @@ def test_sigterm_ends_the_run_cleanly_and_resume_continues_the_same_mlflow_run(t
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if "stage4_multitask step 4/400" in line:
+        if "stage4_multitask step 4/60" in line:
             proc.send_signal(signal.SIGTERM)
             break
     rest, _ = proc.communicate(timeout=300)
@@ -232,3 +232,56 @@ def test_sigterm_ends_the_run_cleanly_and_resume_continues_the_same_mlflow_run(t
     assert [r.info.run_name for r in runs].count("t") == 1
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
+
+
+def test_after_sigkill_resume_closes_the_orphaned_runs_and_continues_the_parent(tmp_path):
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    spec = mini_pipeline(tmp_path)
+    stage4 = yaml.safe_load((tmp_path / "stage4_multitask.yaml").read_text())
+    stage4["schedule"]["steps"], stage4["checkpoint_every"] = 60, 2
+    (tmp_path / "stage4_multitask.yaml").write_text(yaml.safe_dump(stage4))
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home)]
+    proc = subprocess.Popen(
+        [*cmd, "--run-name", "k"],
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    for line in proc.stdout:
+        if "stage4_multitask step 6/60" in line:
+            os.killpg(proc.pid, signal.SIGKILL)  # the process group: as a node or a pod dies
+            break
+    proc.wait(timeout=60)
+    time.sleep(1)
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mini")
+    running = [r for r in client.search_runs([experiment.experiment_id]) if r.info.status == "RUNNING"]
+    assert {r.info.run_name for r in running} >= {"k", "stage-stage4_multitask"}  # what a kill leaves
+
+    again = subprocess.run(
+        [*cmd, "--resume", "last", "--json"],
+        cwd=ROOT,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = json.loads(again.stdout[again.stdout.index("{\n") :])
+    assert summary["run_name"] == "k" and "resuming at step" in again.stdout + again.stderr
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in runs].count("k") == 1
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert [r.info.run_name for r in killed] == ["stage-stage4_multitask"]
+    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], leftovers
