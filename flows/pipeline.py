@@ -103,6 +103,29 @@ def evaluate_flow(
     return {"metrics": metrics, "mlflow_run_id": run.run_id}
 
 
+def check_ingested_splits(rp: ResolvedPipeline, data_dirs: dict[str, str]) -> None:
+    """Every split a stage or the evaluation reads is in its source's manifest (a web source's
+    splits are known only once it is ingested); SpecError naming the spec and field otherwise."""
+    from data_specs.loader import SpecError
+    from tasks.ingest import load_manifest
+
+    def check(source: str, split: str, path: Path, field: str) -> None:
+        splits = load_manifest(data_dirs[source]).get("splits") or {}
+        if split not in splits:
+            raise SpecError(
+                path,
+                field,
+                f"source {source} has no {split!r} samples; it has {', '.join(sorted(splits)) or 'none'}",
+            )
+
+    for stage, stage_path in zip(rp.stages, rp.stage_paths, strict=True):
+        for j, ds in enumerate(stage.mixture.datasets):
+            if ds.source is not None:
+                check(ds.source, ds.split or "train", stage_path, f"mixture.datasets[{j}].split")
+    if rp.spec.evaluation is not None:
+        check(rp.spec.evaluation.source, rp.spec.evaluation.split, rp.path, "evaluation.split")
+
+
 def register_model(parent: Tracker, checkpoint: str, name: str) -> int:
     """Log the final checkpoint under the parent run and register it as a new model version."""
     from mlflow.exceptions import MlflowException
@@ -170,6 +193,7 @@ def pipeline_flow(
             with tracked_run("", f"ingest-{name}", parent=parent, tags={"vlmpipe.step": "ingest"}) as run:
                 ingest_flow(str(path), str(data_dir), tracking=run.handle())
             data_dirs[name] = str(data_dir)
+        check_ingested_splits(rp, data_dirs)  # before any stage: not after training has finished
 
         checkpoint: str | None = None
         stage_results = []
