@@ -157,7 +157,7 @@ def pipeline_flow(
     RUNNING end as KILLED). One process owns a run folder at a time.
     """
     from flows.ingest import ingest_flow
-    from tasks.state import claim_run
+    from tasks.state import claim_run, source_dir
     from tasks.tracking import reopen_run
 
     logger = get_run_logger()
@@ -189,7 +189,7 @@ def pipeline_flow(
 
         data_dirs: dict[str, str] = {}
         for name, path in rp.source_paths.items():
-            data_dir = Path(home) / "data" / name
+            data_dir = source_dir(name, home)
             with tracked_run("", f"ingest-{name}", parent=parent, tags={"vlmpipe.step": "ingest"}) as run:
                 ingest_flow(str(path), str(data_dir), tracking=run.handle())
             data_dirs[name] = str(data_dir)
