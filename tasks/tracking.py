@@ -138,12 +138,11 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
         yield
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    with store_lock(client.tracking_uri):
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
 
 
 def start_run(
@@ -157,15 +156,15 @@ def start_run(
     """Create a run (nested under `parent` when given) and return its Tracker."""
     uri = tracking_uri or (parent["tracking_uri"] if isinstance(parent, Mapping) else None)
     uri = uri or (parent.tracking_uri if isinstance(parent, Tracker) else None) or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
-    if parent is not None:
-        parent_id = parent.run_id if isinstance(parent, Tracker) else parent["run_id"]
-        all_tags["mlflow.parentRunId"] = parent_id
-        with store_lock(uri):
+    with store_lock(uri):  # the first client of a fresh store creates its schema
+        client = MlflowClient(tracking_uri=uri)
+        if parent is not None:
+            parent_id = parent.run_id if isinstance(parent, Tracker) else parent["run_id"]
+            all_tags["mlflow.parentRunId"] = parent_id
             experiment_id = client.get_run(parent_id).info.experiment_id
-    else:
-        experiment_id = ensure_experiment(client, experiment)
+        else:
+            experiment_id = _experiment_id(client, experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return Tracker(uri, run.info.run_id)
 

@@ -21,3 +21,32 @@ def test_failed_and_interrupted_runs_end_with_their_status_and_traceback(tmp_pat
     client.download_artifacts(failed.run_id, "error.txt", str(tmp_path))
     text = (tmp_path / "error.txt").read_text()
     assert "Traceback" in text and "bad data in shard 3" in text
+
+
+def _start(uri: str, name: str, queue) -> None:  # noqa: ANN001
+    from tasks.tracking import start_run
+
+    try:
+        tracker = start_run("race", name, tracking_uri=uri)
+        tracker.finish()
+        queue.put(("ok", tracker.run_id))
+    except Exception as exc:  # noqa: BLE001 (reported to the test)
+        queue.put(("error", repr(exc)))
+
+
+def test_two_processes_on_a_fresh_store_both_get_their_run(tmp_path):
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_start, args=(uri, f"run-{i}", queue)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    outcomes = [queue.get(timeout=10) for _ in procs]
+    assert [o[0] for o in outcomes] == ["ok"] * 3, outcomes
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1", "run-2"]
