@@ -330,7 +330,7 @@ def test_every_bad_file_is_reported_and_the_good_ones_still_pass(tmp_path):
     assert errors[2].startswith(f"vlmpipe: error: {dup}: ") and "key 'name' appears twice" in errors[2]
 
 
-def test_validate_and_help_write_nothing_even_with_a_read_only_state_folder(tmp_path):
+def test_validate_and_help_write_nothing_to_the_state_folder(tmp_path):
     home = tmp_path / "home"
     for argv in (["--help"], ["spec", "validate", str(DEMO)]):
         proc = subprocess.run(
