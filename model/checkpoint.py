@@ -209,10 +209,15 @@ def save_checkpoint(
         _fsync_dir(directory.parent)
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         if backup is not None and backup.exists() and not directory.exists():
             os.replace(backup, directory)  # failed mid-swap: the previous checkpoint goes back
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) or "os error" in str(exc):  # a full or read-only disk
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+            raise CheckpointError(
+                f"{directory.parent}: cannot write checkpoint {directory.name} ({detail})"
+            ) from exc
         raise
     return directory
 

@@ -194,8 +194,13 @@ def log_failure(tracker: Tracker, exc: BaseException) -> None:
 
 
 def end_status(exc: BaseException) -> str:
-    """MLflow's end status for a run that raised `exc`."""
-    return "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+    """MLflow's end status for a run that raised `exc`: KILLED for an interrupt, and for whatever a
+    stop request broke on its way out (Ctrl-C also stops Prefect's local server)."""
+    from tasks import stopping
+
+    if isinstance(exc, KeyboardInterrupt | SystemExit) or stopping.requested() is not None:
+        return "KILLED"
+    return "FAILED"
 
 
 def reopen_run(tracking_uri: str, run_id: str) -> Tracker:

@@ -49,3 +49,56 @@ def test_a_runtime_failure_is_one_line_and_its_traceback_goes_to_a_log(tmp_path)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     log = lines[0].rsplit("(traceback: ", 1)[1].rstrip(")")
     assert Path(log).parent == tmp_path / "home" / "logs" and "Traceback" in Path(log).read_text()
+
+
+def _unshare_works() -> bool:
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _unshare_works(), reason="needs root and `unshare -m` (CI has both)")
+
+
+@needs_mounts
+def test_a_read_only_state_folder_is_named_in_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    demo = ROOT / "data_specs" / "pipelines" / "shapes_demo.yaml"
+    script = (
+        f"mount --bind -o ro {home} {home} && exec {sys.executable} -m flows.cli run {demo} --home {home}"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(home) in lines[0] and "Read-only file system" in lines[0], proc.stderr
+
+
+FULL_DISK = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import sample_corpus
+from model import VisionLanguageModel, get_preset, load_tokenizer, save_checkpoint
+tok = load_tokenizer(get_preset("tiny"), corpus=sample_corpus())
+save_checkpoint({target!r}, VisionLanguageModel.from_preset("tiny", tok), ["language_model"], tokenizer=tok)
+"""
+
+
+@needs_mounts
+def test_a_full_disk_names_the_folder_and_leaves_nothing_half_written(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    code = tmp_path / "save.py"
+    code.write_text(
+        FULL_DISK.format(tests=str(ROOT / "tests" / "model"), target=str(disk / "stage" / "checkpoint"))
+    )
+    script = f"mount -t tmpfs -o size=256k tmpfs {disk} && {sys.executable} {code}; find {disk} -mindepth 2"
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert f"CheckpointError: {disk / 'stage'}: cannot write checkpoint checkpoint (" in proc.stderr, (
+        proc.stderr
+    )
+    assert "No space left on device" in proc.stderr
+    assert proc.stdout.strip() == ""  # no staging folder, no partial checkpoint

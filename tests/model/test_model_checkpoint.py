@@ -89,9 +89,9 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, make_model, monkeyp
         raise OSError("disk full (injected)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", exploding_save)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint latest \(disk full \(injected\)\)"):
         save_checkpoint(tmp_path / "latest", make_model(seed=2), GROUPS, metadata={"step": 2})
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint fresh \(disk full \(injected\)\)"):
         save_checkpoint(tmp_path / "fresh", make_model(seed=2), GROUPS)
     monkeypatch.undo()
 
