@@ -69,7 +69,3 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _state["deferring"] -= 1
-
-
-def reset() -> None:
-    _state["requested"] = None

@@ -9,12 +9,12 @@ log) -> (metrics, prediction table)`.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from model.build import BuiltModel, build_model
+from model.checkpoint import read_manifest
 from tasks import shapes_world
 from tasks.evaluate.shapes import evaluate_shapes
 from tasks.ingest import read_records
@@ -95,5 +95,4 @@ def evaluate_checkpoint(
 
 
 def _checkpoint_image_size(checkpoint: str | Path) -> int | None:
-    meta = json.loads((Path(checkpoint) / "checkpoint.json").read_text()).get("metadata", {})
-    return meta.get("image_size")
+    return read_manifest(checkpoint).get("metadata", {}).get("image_size")

@@ -40,13 +40,9 @@ class FetchPolicy:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FetchPolicy:
-        return cls(
-            allow_private_addresses=bool(config.get("allow_private_addresses", False)),
-            allowed_hosts=tuple(config.get("allowed_hosts") or ()),
-            denied_hosts=tuple(config.get("denied_hosts") or ()),
-            deadline_s=float(config.get("deadline_s", 60.0)),
-            max_bytes=int(config.get("max_bytes", 50_000_000)),
-        )
+        """From SourceSpec.fetch_policy() (JSON in the worker's config: lists become tuples)."""
+        hosts = {key: tuple(config.get(key) or ()) for key in ("allowed_hosts", "denied_hosts")}
+        return cls(**{**config, **hosts})
 
     def check(self, url: str) -> None:
         """Raise Blocked when `url` may not be fetched."""

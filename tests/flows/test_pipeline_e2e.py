@@ -154,6 +154,20 @@ def test_prefect_records_the_flow_runs_completed_in_dependency_order(pipeline_ru
     assert any(r["flow"] == "evaluate" for r in runs)
 
 
+def start_in_own_session(argv: list[str], home: Path) -> subprocess.Popen:
+    """A vlmpipe command in a process group of its own (a signal can go to it and its children),
+    its output merged into one text pipe."""
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_resume_of_an_unknown_run_is_refused_before_anything_starts(tmp_path):
     home = tmp_path / "home"
     base = [
@@ -194,15 +208,7 @@ def test_a_stop_signal_ends_the_run_cleanly_and_resume_continues_the_same_mlflow
     (tmp_path / "stage4_multitask.yaml").write_text(yaml.safe_dump(stage4))
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home)]
-    proc = subprocess.Popen(
-        [*cmd, "--run-name", "t"],
-        cwd=ROOT,
-        env=env_for(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_in_own_session([*cmd, "--run-name", "t"], home)
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -260,15 +266,7 @@ def test_after_sigkill_resume_closes_the_orphaned_runs_and_continues_the_parent(
     (tmp_path / "stage4_multitask.yaml").write_text(yaml.safe_dump(stage4))
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home)]
-    proc = subprocess.Popen(
-        [*cmd, "--run-name", "k"],
-        cwd=ROOT,
-        env=env_for(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_in_own_session([*cmd, "--run-name", "k"], home)
     for line in proc.stdout:
         if "stage4_multitask step 6/60" in line:
             os.killpg(proc.pid, signal.SIGKILL)  # the process group: as a node or a pod dies
