@@ -21,13 +21,3 @@ def configure_environment(home: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def prepare_prefect_home() -> None:
-    """Create PREFECT_HOME just before Prefect starts (its SQLite store cannot create its own folder:
-    the server dies with "unable to open"); commands that never start Prefect write nothing."""
-    home = os.environ.get("PREFECT_HOME") or (
-        str(Path(os.environ["VLMPIPE_HOME"]) / "prefect") if os.environ.get("VLMPIPE_HOME") else None
-    )
-    if home:  # neither set: Prefect's own default home, which it creates itself
-        Path(home).mkdir(parents=True, exist_ok=True)

@@ -19,22 +19,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     home = vlmpipe_home(getattr(args, "home", None))
     spec = load_source_spec(args.source_spec)  # a bad spec fails before Prefect is imported
-    from flows.environment import prepare_prefect_home
-
-    prepare_prefect_home()
-    from flows.ingest import ingest_flow
+    from flows.local_api import local_prefect_api
     from tasks.ingest import IngestError
 
     output = Path(args.output).resolve() if args.output else source_dir(spec.name, home)
     spec_path = str(Path(args.source_spec).resolve())
     try:
-        if getattr(args, "no_mlflow", False):
-            result = ingest_flow(spec_path, str(output))
-        else:
-            from tasks.tracking import tracked_run
+        with local_prefect_api(home):
+            from flows.ingest import ingest_flow
 
-            with tracked_run("vlmpipe-ingest", f"ingest-{spec.name}", tags={"vlmpipe.step": "ingest"}) as run:
-                result = ingest_flow(spec_path, str(output), tracking=run.handle())
+            if getattr(args, "no_mlflow", False):
+                result = ingest_flow(spec_path, str(output))
+            else:
+                from tasks.tracking import tracked_run
+
+                with tracked_run(
+                    "vlmpipe-ingest", f"ingest-{spec.name}", tags={"vlmpipe.step": "ingest"}
+                ) as run:
+                    result = ingest_flow(spec_path, str(output), tracking=run.handle())
     except IngestError as exc:
         print(f"vlmpipe: error: {exc}", file=sys.stderr)
         return 1

@@ -14,16 +14,16 @@ from flows.cli.common import DEMO_PIPELINE, add_home_option
 
 def _run_pipeline(spec: Path, home: Path, run_name: str | None, resume: bool) -> dict:
     from data_specs.pipelines import load_pipeline
-    from flows.environment import prepare_prefect_home
+    from flows.local_api import local_prefect_api
     from tasks.state import claim_run
 
     rp = load_pipeline(spec)  # fail fast, before Prefect starts, on a bad spec
     if resume:  # a run to resume must exist and be free before Prefect starts
         claim_run(home, rp.spec.name, run_name, resume=True).release()
-    prepare_prefect_home()
-    from flows.pipeline import pipeline_flow
+    with local_prefect_api(home):  # in a session of its own: a terminal's Ctrl-C reaches us alone
+        from flows.pipeline import pipeline_flow
 
-    return pipeline_flow(str(spec.resolve()), str(home), run_name, resume)
+        return pipeline_flow(str(spec.resolve()), str(home), run_name, resume)
 
 
 def report(summary: dict, home: Path) -> None:
