@@ -2,7 +2,8 @@
 its worker process by `policy_download`, which opens only http and https URLs, refuses hosts the
 source's policy denies (every loopback, private, link-local and reserved address by default for
 web sources), applies the same policy to every redirect, and bounds a download's total time and
-size (a socket timeout alone lets a server that trickles bytes hold a thread forever).
+size (a socket timeout alone lets a server that trickles bytes hold a thread forever). A host is
+resolved once per connection, and the connection goes to an address that was checked.
 
 A refused URL is never opened; it is recorded as failed_to_download with a message that starts
 with "blocked:", which the manifest counts under its own reason.
@@ -11,6 +12,7 @@ with "blocked:", which the manifest counts under its own reason.
 from __future__ import annotations
 
 import fnmatch
+import http.client
 import io
 import ipaddress
 import socket
@@ -44,8 +46,9 @@ class FetchPolicy:
         hosts = {key: tuple(config.get(key) or ()) for key in ("allowed_hosts", "denied_hosts")}
         return cls(**{**config, **hosts})
 
-    def check(self, url: str) -> None:
-        """Raise Blocked when `url` may not be fetched."""
+    def check(self, url: str, *, resolve: bool = True) -> None:
+        """Raise Blocked when `url` may not be fetched. With `resolve=False` only what the URL itself
+        says is checked (scheme, host names): the download checks the addresses it connects to."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in SCHEMES:
@@ -55,19 +58,25 @@ class FetchPolicy:
             raise Blocked("blocked: no host in the URL")
         if _matches(host, self.denied_hosts):
             raise Blocked(f"blocked: host {host} is in denied_hosts")
-        explicitly_allowed = bool(self.allowed_hosts) and _matches(host, self.allowed_hosts)
-        if self.allowed_hosts and not explicitly_allowed:
+        if self.allowed_hosts and not _matches(host, self.allowed_hosts):
             raise Blocked(f"blocked: host {host} is not in allowed_hosts")
+        if resolve:
+            self.addresses(host, parts.port or (443 if scheme == "https" else 80))
+
+    def addresses(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """`host` resolved once, every address checked: a connection goes to one of these, so a DNS
+        answer that changes between the check and the connection (rebinding) cannot slip past."""
+        found = self._resolve(host, port)
+        explicitly_allowed = bool(self.allowed_hosts) and _matches(host, self.allowed_hosts)
         private_ok = self.allow_private_addresses or explicitly_allowed
-        if private_ok and not any("/" in d for d in self.denied_hosts):
-            return  # nothing left that depends on the address
-        for address in self._addresses(host, parts.port or (443 if scheme == "https" else 80)):
+        for address in found:
             if _matches(str(address), self.denied_hosts):
                 raise Blocked(f"blocked: host {host} resolves to the denied address {address}")
             if not private_ok and not address.is_global:
                 raise Blocked(f"blocked: host {host} resolves to the non-public address {address}")
+        return found
 
-    def _addresses(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    def _resolve(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         try:
             return [ipaddress.ip_address(host)]
         except ValueError:
@@ -76,7 +85,7 @@ class FetchPolicy:
             infos = self.resolve(host, port, proto=socket.IPPROTO_TCP)
         except OSError as exc:
             raise urllib.error.URLError(f"cannot resolve {host} ({exc})") from None
-        return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
 
 
 def _matches(host: str, patterns: tuple[str, ...]) -> bool:
@@ -107,11 +116,51 @@ class _PolicyRedirects(urllib.request.HTTPRedirectHandler):
 
     def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 (urllib's API)
         location = headers.get("location") or headers.get("uri")
-        if location:
-            self.policy.check(urljoin(req.full_url, location))
+        if location:  # its addresses are checked when the pinned connection opens
+            self.policy.check(urljoin(req.full_url, location), resolve=False)
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _pinned(base: type[http.client.HTTPConnection], policy: FetchPolicy) -> Any:
+    """A connection class of `base` that connects only to the addresses `policy.addresses` checked,
+    from one resolution (https still verifies the certificate against the host name)."""
+
+    class Pinned(base):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = self._connect_checked
+
+        def _connect_checked(self, address: tuple[str, int], timeout: Any = None, source: Any = None):  # noqa: ANN202
+            host, port = address
+            failure: OSError | None = None
+            for ip in policy.addresses(host.strip("[]").lower(), port):
+                try:
+                    return socket.create_connection((str(ip), port), timeout, source)
+                except OSError as exc:
+                    failure = exc
+            raise failure or OSError(f"no address for {host}")
+
+    return Pinned
+
+
+class _PinnedHTTP(urllib.request.HTTPHandler):
+    def __init__(self, policy: FetchPolicy):
+        super().__init__()
+        self.connection = _pinned(http.client.HTTPConnection, policy)
+
+    def http_open(self, req):  # noqa: ANN001, ANN201 (urllib's API)
+        return self.do_open(self.connection, req)
+
+
+class _PinnedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, policy: FetchPolicy):
+        super().__init__()
+        self.connection = _pinned(http.client.HTTPSConnection, policy)
+
+    def https_open(self, req):  # noqa: ANN001, ANN201 (urllib's API)
+        return self.do_open(self.connection, req, context=self._context)
 
 
 def policy_download(
@@ -129,8 +178,10 @@ def policy_download(
     if user_agent_token:
         agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
     try:
-        policy.check(url)
-        opener = urllib.request.build_opener(_PolicyRedirects(policy))
+        policy.check(url, resolve=False)  # the addresses: at connection time, from one resolution
+        opener = urllib.request.build_opener(
+            _PolicyRedirects(policy), _PinnedHTTP(policy), _PinnedHTTPS(policy)
+        )
         request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
         deadline = time.monotonic() + policy.deadline_s
         with opener.open(request, timeout=timeout) as response:
@@ -159,8 +210,9 @@ def policy_download(
                     return key, None, f"blocked: over max_download_bytes {policy.max_bytes}"
         buffer.seek(0)
         return key, buffer, None
-    except Blocked as exc:
-        return key, None, str(exc.reason)
+    except urllib.error.URLError as exc:  # urllib wraps what the pinned connection refused
+        blocked = exc if isinstance(exc, Blocked) else exc.reason
+        return key, None, str(blocked.reason if isinstance(blocked, Blocked) else exc)
     except Exception as exc:  # noqa: BLE001 (img2dataset records any failure as the URL's message)
         return key, None, str(exc)
 

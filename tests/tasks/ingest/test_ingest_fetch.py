@@ -129,6 +129,29 @@ def test_redirects_deadlines_and_sizes_follow_the_policy(server):
     assert stream is None and "max_download_bytes" in error and reason_of(error) == "too_many_bytes"
 
 
+def test_a_host_is_resolved_once_and_the_connection_goes_to_the_checked_address(server):
+    """DNS rebinding: a name that answers an allowed address to the check and a denied one to the
+    connection. Each download resolves once (through the policy), connects to what it checked, and
+    a later answer naming a denied address is refused before any connection."""
+    port = int(server.rsplit(":", 1)[1])
+    answers = iter(["127.0.0.1", "127.0.0.3", "127.0.0.3"])
+    calls = []
+
+    def rebinding(host, port, proto=0):
+        calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, proto, "", (next(answers), port))]
+
+    policy = FetchPolicy(
+        allow_private_addresses=True, denied_hosts=("127.0.0.3/32",), deadline_s=2.0, resolve=rebinding
+    )
+    _, stream, error = policy_download(policy, (1, f"http://rebind.test:{port}/a.jpg"), 2, None, [])
+    assert error is None and Image.open(stream).size == (64, 64)  # served from the checked 127.0.0.1
+    assert calls == ["rebind.test"]  # no second lookup that could answer otherwise
+    _, stream, error = policy_download(policy, (2, f"http://rebind.test:{port}/a.jpg"), 2, None, [])
+    assert stream is None and "resolves to the denied address 127.0.0.3" in error
+    assert reason_of(error) == "blocked_host" and calls == ["rebind.test"] * 2
+
+
 def _bomb_png(side: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (side, side)).save(buffer, format="PNG", optimize=True)
