@@ -38,13 +38,25 @@ class LowSuccessRate(IngestError):
 
 
 @contextlib.contextmanager
-def _exclusive(output_dir: Path, name: str) -> Iterator[None]:
-    """One ingest per output folder at a time: two would write the same shards."""
+def _exclusive(output_dir: Path, name: str, wait_s: float, log: Log) -> Iterator[None]:
+    """One ingest per output folder at a time: two would write the same shards. The second waits up
+    to `wait_s` for the first (then finds its shards done and validated), else is refused."""
     with open(output_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IngestError(f"{name}: another ingest is writing into {output_dir}") from None
+        deadline = time.monotonic() + wait_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise IngestError(f"{name}: another ingest is writing into {output_dir}") from None
+                if not told:
+                    log(
+                        f"[ingest {name}] another ingest is writing into {output_dir}: waiting up to {wait_s:g} s"
+                    )
+                    told = True
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         yield
 
 
@@ -121,6 +133,7 @@ def ingest_source(
     max_rounds: int = 3,
     progress_s: float = 10.0,
     stall_s: float = 3600.0,
+    wait_s: float = 3600.0,
 ) -> dict:
     """Download, validate and describe one source; returns the manifest (also in output_dir).
 
@@ -130,7 +143,8 @@ def ingest_source(
     with their parent, so no orphan keeps writing. Every finished shard is then validated (while
     the download goes on); a bad one is deleted and downloaded again in the next round. The
     manifest is written atomically, last. A changed URL list or shard-shaping setting starts the
-    shards afresh (state.json), so shards of two inputs never mix.
+    shards afresh (state.json), so shards of two inputs never mix. A second ingest into the same
+    folder (two pipelines started at once) waits up to `wait_s` for the first, then reuses its shards.
 
     Raises IngestError (one line) when shards stay missing or invalid after `max_rounds` download
     rounds, or when the success rate is below the spec's min_success_rate (the manifest is
@@ -148,7 +162,7 @@ def ingest_source(
     rounds: list[dict] = []
     downloaded: set[int] = set()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_exclusive(output_dir, spec.name))
+        stack.enter_context(_exclusive(output_dir, spec.name, wait_s, log))
         _reset_if_changed(output_dir, fp, log, spec.name)
         try:
             prepared = stack.enter_context(prepared_input(spec, output_dir, fp, log))

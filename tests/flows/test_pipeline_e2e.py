@@ -323,3 +323,38 @@ def test_after_sigkill_resume_closes_the_orphaned_runs_and_continues_the_parent(
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert [r.info.run_name for r in killed] == ["stage-stage4_multitask"]
     assert processes_of(home) == []
+
+
+def test_two_pipelines_started_at_once_on_one_state_folder_both_finish_with_their_own_records(tmp_path):
+    """Same spec, same state folder, same second, no run names: distinct run folders and MLflow runs,
+    one ingest (the other waits and reuses its shards), two model versions, nothing left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    spec = mini_pipeline(tmp_path)
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home), "--json"]
+    procs = [start_in_own_session(cmd, home) for _ in range(2)]
+    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-3000:]
+    summaries = [json.loads(out[out.index("{\n") :]) for out in outputs]
+    assert len({s["run_name"] for s in summaries}) == 2
+    assert len({s["mlflow_run_id"] for s in summaries}) == 2
+    assert {s["model_version"] for s in summaries} == {1, 2}
+    for summary in summaries:
+        assert Path(summary["run_dir"]).name == summary["run_name"]
+        assert [s["stage"] for s in summary["stages"]] == STAGES
+        assert all(s["checkpoint"].startswith(summary["run_dir"]) for s in summary["stages"])
+    client = MlflowClient(summaries[0]["tracking_uri"])
+    experiment = client.get_experiment_by_name("mini")
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status != "FINISHED"]
+    for summary in summaries:
+        nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
+        assert sorted(r.info.run_name for r in nested) == sorted(
+            ["ingest-shapes_world", "evaluate"] + [f"stage-{s}" for s in STAGES]
+        )
+    flow_runs = prefect_flow_runs(home)
+    assert [r["flow"] for r in flow_runs].count("vlmpipe-pipeline") == 2
+    assert all(r["state"] == "COMPLETED" for r in flow_runs), flow_runs
+    assert processes_of(home) == []

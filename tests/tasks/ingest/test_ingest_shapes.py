@@ -115,15 +115,25 @@ def test_a_changed_shard_shaping_setting_starts_afresh(shapes_ingest, tmp_path):
     assert [r["key"] for r in read_records(out)] == [s.key for s in sw.generate_scenes(**SHAPES)]
 
 
-def test_two_ingests_into_one_folder_are_refused(shapes_ingest):
+def test_a_second_ingest_into_one_folder_waits_for_the_first_then_reuses_its_shards(shapes_ingest):
     import fcntl
+    import threading
+    import time
 
     from tasks.ingest import IngestError
 
+    lines: list[str] = []
     with open(shapes_ingest["dir"] / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(IngestError, match="another ingest is writing into"):
-            ingest_source(shapes_ingest["spec"], shapes_ingest["dir"], log=lambda _: None)
+            ingest_source(shapes_ingest["spec"], shapes_ingest["dir"], log=lines.append, wait_s=0.5)
+        assert any("waiting up to 0.5 s" in line for line in lines)
+        threading.Timer(1.5, held.close).start()  # the first ingest ends
+        started = time.monotonic()
+        manifest = ingest_source(shapes_ingest["spec"], shapes_ingest["dir"], log=lines.append, wait_s=60)
+    assert 1.0 < time.monotonic() - started < 30
+    assert manifest["totals"]["success"] == shapes_ingest["manifest"]["totals"]["success"]
+    assert not any("downloading" in line for line in lines)  # the first one's shards, reused
 
 
 def test_in_memory_records_match_the_downloaded_ones(shapes_ingest):
