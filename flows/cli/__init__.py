@@ -5,7 +5,8 @@ importing what its commands need only when they run, so `vlmpipe --help` and `vl
 validate` load neither Prefect nor torch.
 
 Exit status: 0 success, 2 usage or spec error (one line on stderr naming file and field),
-1 a run that failed (its traceback is in the Prefect and MLflow records; VLMPIPE_DEBUG=1 prints it).
+1 a run that failed (one line naming <home>/logs/<file> with the traceback, which the Prefect and
+MLflow records also keep; VLMPIPE_DEBUG=1 prints it).
 """
 
 from __future__ import annotations

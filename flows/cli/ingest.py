@@ -26,7 +26,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     spec_path = str(Path(args.source_spec).resolve())
     try:
         with local_prefect_api(home):
+            from flows.environment import console_without_tracebacks
             from flows.ingest import ingest_flow
+
+            console_without_tracebacks()
 
             if getattr(args, "no_mlflow", False):
                 result = ingest_flow(spec_path, str(output))

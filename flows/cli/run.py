@@ -21,7 +21,10 @@ def _run_pipeline(spec: Path, home: Path, run_name: str | None, resume: bool) ->
     if resume:  # a run to resume must exist and be free before Prefect starts
         claim_run(home, rp.spec.name, run_name, resume=True).release()
     with local_prefect_api(home):  # in a session of its own: a terminal's Ctrl-C reaches us alone
+        from flows.environment import console_without_tracebacks
         from flows.pipeline import pipeline_flow
+
+        console_without_tracebacks()
 
         return pipeline_flow(str(spec.resolve()), str(home), run_name, resume)
 

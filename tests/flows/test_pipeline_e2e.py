@@ -358,3 +358,35 @@ def test_two_pipelines_started_at_once_on_one_state_folder_both_finish_with_thei
     assert [r["flow"] for r in flow_runs].count("vlmpipe-pipeline") == 2
     assert all(r["state"] == "COMPLETED" for r in flow_runs), flow_runs
     assert processes_of(home) == []
+
+
+def test_a_stage_that_fails_at_run_time_prints_one_line_and_prefect_keeps_the_failure(tmp_path):
+    spec = mini_pipeline(tmp_path)
+    bad = tmp_path / "gqa.json"
+    bad.write_text('{"q1": {"question": "what?", "answer": "yes"}}')  # no imageId: valid spec, bad data
+    stage = yaml.safe_load((tmp_path / "stage4_multitask.yaml").read_text())
+    stage["mixture"]["datasets"] = [
+        {"name": "g", "format": "gqa", "annotations": str(bad), "task": "vqa", "weight": 1}
+    ]
+    (tmp_path / "stage4_multitask.yaml").write_text(yaml.safe_dump(stage))
+    pipe = yaml.safe_load(spec.read_text())
+    pipe["stages"] = ["stage4_multitask.yaml"]
+    spec.write_text(yaml.safe_dump(pipe))
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(spec), "--home", str(home)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_for(home),
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vlmpipe: error: FormatError: ") and str(bad) in last, last
+    log = Path(last.rsplit("(traceback: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and "load_gqa" in log.read_text()
+    states = {(r["flow"], r["state"]) for r in prefect_flow_runs(home)}
+    assert {("train-stage", "FAILED"), ("vlmpipe-pipeline", "FAILED")} <= states, states
+    assert not processes_of(home)
