@@ -6,6 +6,7 @@ Loaded from `data_specs/stages/*.yaml`; `vlmpipe spec validate` checks a file ag
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -106,10 +107,33 @@ class Mixture(SpecModel):
 
 
 class Schedule(SpecModel):
-    """Optimiser and learning-rate schedule: linear warm-up from warmup_lr to lr, then cosine to min_lr."""
+    """Optimiser and learning-rate schedule: linear warm-up from warmup_lr to lr, then cosine to min_lr.
 
-    steps: int = Field(gt=0, description="Optimiser steps in this stage.")
-    batch_size: int = Field(gt=0, description="Sequences per step (packed rows when packing is on).")
+    Length: `steps`, or the paper's `epochs` x `iters_per_epoch` (then steps is their product).
+    `restart_each_epoch` runs the warm-up and the cosine again in every epoch (the paper's stage 1:
+    the lr restarts low and rises within each of its epochs)."""
+
+    steps: int | None = Field(None, gt=0, description="Optimiser steps; null = epochs x iters_per_epoch.")
+    epochs: int | None = Field(None, gt=0, description="Epochs of iters_per_epoch steps (the paper's unit).")
+    iters_per_epoch: int | None = Field(None, gt=0, description="Optimiser steps per epoch.")
+    restart_each_epoch: bool = Field(
+        False, description="Warm-up and cosine start again each epoch (warmup_steps counts within an epoch)."
+    )
+    batch_size: int = Field(
+        gt=0,
+        description="Sequences per optimiser step over all processes (packed rows when packing is on).",
+    )
+    accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Micro-batches per process per step: each holds batch_size / (accumulation_steps x "
+            "processes) rows; the update equals one batch of batch_size (losses summed over label tokens)."
+        ),
+    )
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw", description="adamw (torch) or adamw_8bit (bitsandbytes' 8-bit states; needs a GPU)."
+    )
     lr: float = Field(gt=0)
     min_lr: float = Field(ge=0)
     warmup_lr: float = Field(1e-6, ge=0)
@@ -153,6 +177,50 @@ class Schedule(SpecModel):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _length(self) -> Schedule:
+        if self.epochs is not None or self.iters_per_epoch is not None:
+            if self.epochs is None or self.iters_per_epoch is None:
+                raise ValueError("epochs and iters_per_epoch go together")
+            total = self.epochs * self.iters_per_epoch
+            if self.steps is not None and self.steps != total:
+                raise ValueError(
+                    f"steps {self.steps} != epochs x iters_per_epoch = {total} (give one or the other)"
+                )
+            self.steps = total
+        elif self.steps is None:
+            raise ValueError("give steps, or epochs and iters_per_epoch")
+        elif self.restart_each_epoch:
+            raise ValueError("restart_each_epoch needs epochs and iters_per_epoch")
+        period = self.iters_per_epoch if self.restart_each_epoch else self.steps
+        if self.warmup_steps > period:
+            where = "an epoch (iters_per_epoch)" if self.restart_each_epoch else "steps"
+            raise ValueError(f"warmup_steps {self.warmup_steps} exceeds {where}")
+        return self
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of 0-based optimiser step `step`."""
+        period = self.iters_per_epoch if self.restart_each_epoch else self.steps
+        step = step % period if self.restart_each_epoch else step
+        if step < self.warmup_steps:
+            return self.warmup_lr + (self.lr - self.warmup_lr) * step / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, period - self.warmup_steps)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Guards(SpecModel):
+    """What stops a stage that has gone wrong. A non-finite loss or gradient always stops it."""
+
+    grad_norm_floor: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Stop when the global gradient norm (before clipping) stays below this for "
+            "floor_steps steps in a row: gradients have vanished. null = no floor."
+        ),
+    )
+    floor_steps: int = Field(50, ge=1, description="Steps in a row under grad_norm_floor before stopping.")
+
 
 class Contrastive(SpecModel):
     """An auxiliary contrastive loss added to the autoregressive one (EIM)."""
@@ -188,7 +256,22 @@ class StageSpec(SpecModel):
             "training: one loss per stage); the LM's forward pass is then skipped."
         ),
     )
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast halves activation memory.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast on the device in use (halves activation memory)."
+    )
+    device: str | None = Field(
+        None,
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="cpu, cuda, cuda:N or auto; null = $VLMPIPE_DEVICE, else auto (cuda when present).",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Data-parallel processes (torchrun; DDP over gloo on CPU, NCCL on GPU).",
+    )
+    compile: bool = Field(False, description="torch.compile the language model (slower start, faster steps).")
+    guards: Guards = Field(default_factory=Guards)
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations: less memory, ~30% slower."
     )
@@ -198,8 +281,12 @@ class StageSpec(SpecModel):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> StageSpec:
-        if self.schedule.warmup_steps > self.schedule.steps:
-            raise ValueError("schedule.warmup_steps exceeds schedule.steps")
+        per_step = self.schedule.accumulation_steps * self.processes
+        if self.schedule.batch_size % per_step:
+            raise ValueError(
+                f"schedule.batch_size {self.schedule.batch_size} is not a multiple of accumulation_steps "
+                f"x processes = {per_step}"
+            )
         if not self.autoregressive and self.contrastive is None:
             raise ValueError(
                 "autoregressive: false needs a contrastive loss, or the stage has nothing to train on"

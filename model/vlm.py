@@ -7,6 +7,7 @@ padded batches, packed rows (segment_ids) and cached generation.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -104,8 +105,14 @@ class VisionLanguageModel(nn.Module):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N,3,H,W] -> [N, Q, lm_hidden]."""
-        vision_states = self.vision(pixel_values)
-        return self.projection(self.qformer(vision_states))
+        # a frozen tower runs without building a graph: nothing before it trains
+        frozen_vision = not any(p.requires_grad for p in self.vision.parameters())
+        with torch.no_grad() if frozen_vision else contextlib.nullcontext():
+            vision_states = self.vision(pixel_values)
+        frozen_qformer = frozen_vision and not any(p.requires_grad for p in self.qformer.parameters())
+        with torch.no_grad() if frozen_qformer else contextlib.nullcontext():
+            queries = self.qformer(vision_states)
+        return self.projection(queries)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with every `<image>` position replaced by image embeddings, row-major."""

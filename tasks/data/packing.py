@@ -112,6 +112,8 @@ class Batch:
     datasets: list[int]  # dataset index of every sample in the batch
     capacity: int = 0  # B x L
     stats: dict[str, float] = field(default_factory=dict)
+    image_rows: list[int] = field(default_factory=list)  # the row of each entry of `images`
+    sample_rows: list[int] = field(default_factory=list)  # the row of each entry of `datasets`
 
     @property
     def real_tokens(self) -> int:
@@ -120,6 +122,30 @@ class Batch:
     @property
     def num_samples(self) -> int:
         return len(self.datasets)
+
+    @property
+    def rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select_rows(self, start: int, stop: int) -> Batch:
+        """Rows [start, stop) as a batch of their own (a data-parallel shard or a micro-batch)."""
+        images = [
+            (img, r - start) for img, r in zip(self.images, self.image_rows, strict=True) if start <= r < stop
+        ]
+        samples = [
+            (d, r - start) for d, r in zip(self.datasets, self.sample_rows, strict=True) if start <= r < stop
+        ]
+        return Batch(
+            self.input_ids[start:stop],
+            self.labels[start:stop],
+            self.segment_ids[start:stop],
+            self.attention_mask[start:stop],
+            [img for img, _ in images],
+            [d for d, _ in samples],
+            capacity=(stop - start) * int(self.input_ids.shape[1]),
+            image_rows=[r for _, r in images],
+            sample_rows=[r for _, r in samples],
+        )
 
 
 def collate(rows: list[list[EncodedSample]], pad_id: int, length: int) -> Batch:
@@ -130,6 +156,8 @@ def collate(rows: list[list[EncodedSample]], pad_id: int, length: int) -> Batch:
     segment_ids = torch.zeros((b, length), dtype=torch.long)
     images: list[Any] = []
     datasets: list[int] = []
+    image_rows: list[int] = []
+    sample_rows: list[int] = []
     for r, row in enumerate(rows):
         pos = 0
         for k, sample in enumerate(row, start=1):
@@ -142,9 +170,21 @@ def collate(rows: list[list[EncodedSample]], pad_id: int, length: int) -> Batch:
             pos += n
             if sample.image is not None:
                 images.append(sample.image)
+                image_rows.append(r)
             datasets.append(sample.dataset)
+            sample_rows.append(r)
     attention_mask = (segment_ids > 0).long()
-    return Batch(input_ids, labels, segment_ids, attention_mask, images, datasets, capacity=b * length)
+    return Batch(
+        input_ids,
+        labels,
+        segment_ids,
+        attention_mask,
+        images,
+        datasets,
+        capacity=b * length,
+        image_rows=image_rows,
+        sample_rows=sample_rows,
+    )
 
 
 class Packer:

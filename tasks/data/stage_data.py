@@ -174,11 +174,19 @@ class StageData:
         return EncodedSample(ids, labels, image=image, dataset=ref.dataset, ref=ref, truncated=truncated)
 
     def next_batch(self) -> tuple[Batch, torch.Tensor | None]:
-        batch = self.packer.next_batch(lambda: self.encode(next(self.sampler)))
-        pixels = None
-        if batch.images:
-            pixels = torch.stack([self.pools[d].pixels(ref, self.preprocess) for d, ref in batch.images])
-        return batch, pixels
+        batch = self.next_tokens()
+        return batch, self.pixels(batch)
+
+    def next_tokens(self) -> Batch:
+        """The next batch's tokens only: a data-parallel rank takes its rows of it (Batch.select_rows)
+        and loads the pixels of those rows alone (`pixels`)."""
+        return self.packer.next_batch(lambda: self.encode(next(self.sampler)))
+
+    def pixels(self, batch: Batch) -> torch.Tensor | None:
+        """The images of `batch`, in the row-major order of its image tokens."""
+        if not batch.images:
+            return None
+        return torch.stack([self.pools[d].pixels(ref, self.preprocess) for d, ref in batch.images])
 
     def state_dict(self) -> dict[str, Any]:
         carry = [(r.draw, r.dataset, r.example) for r in self.packer.carry_refs()]

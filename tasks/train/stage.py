@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import shutil
 import time
@@ -27,37 +26,13 @@ from model.losses import semantic_transform_loss
 from tasks import shapes_world, stopping
 from tasks.data.stage_data import StageData, build_pools
 from tasks.tracking import Tracker
-from tasks.train.throughput import Throughput, flops_per_token
+from tasks.train import recipe
+from tasks.train.flops import StepFlops, peak_flops
+from tasks.train.throughput import Throughput
 
 # Keyed by the names of data_specs.registry.CONTRASTIVE_LOSSES (the tests check they match):
 # loss(inputs_embeds, input_ids, image_token_id, *, segment_ids, attention_mask, temperature)
 CONTRASTIVE_LOSSES: dict[str, Callable[..., Any]] = {"semantic_transform": semantic_transform_loss}
-
-
-def lr_at(step: int, s) -> float:
-    """Linear warm-up from warmup_lr to lr, then cosine from lr to min_lr (LAVIS' schedule)."""
-    if step < s.warmup_steps:
-        return s.warmup_lr + (s.lr - s.warmup_lr) * step / max(1, s.warmup_steps)
-    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.min_lr + (s.lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _param_groups(model, weight_decay: float, lr_scale: dict[str, float] | None = None) -> list[dict]:
-    """Optimizer groups: decayed matrices and undecayed biases/norms, split again by learning-rate
-    scale (`lr_scale` maps a trainable group to its multiplier; the rest use 1.0). Each optimizer
-    group carries its "lr_scale" so the schedule can set lr x scale every step."""
-    from model.trainable import group_of
-
-    lr_scale = lr_scale or {}
-    buckets: dict[tuple[float, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decays = not (p.ndim < 2 or "norm" in name)
-            buckets.setdefault((float(lr_scale.get(group_of(name), 1.0)), decays), []).append(p)
-    return [
-        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
-        for (scale, decays), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
-    ]
 
 
 STAGE_RESULT = "result.json"  # beside checkpoint/: the finished stage's summary and MLflow run id
@@ -83,13 +58,17 @@ def finished_stage(output_dir: str | Path) -> dict[str, Any] | None:
     return result if result.get("checkpoint") == str(output_dir / "checkpoint") else None
 
 
-# Settings that only change what is logged or how often a state is saved: a resume may differ in them.
-_RESUME_NEUTRAL = ("description", "log_every", "checkpoint_every")
+# Settings that change what is logged, how often a state is saved, or where and in how many pieces
+# the same global batch is computed: a resume may differ in them (the update is the same).
+_RESUME_NEUTRAL = ("description", "log_every", "checkpoint_every", "device", "processes", "compile")
+_RESUME_NEUTRAL_SCHEDULE = ("accumulation_steps",)
 
 
 def resume_relevant(stage: StageSpec) -> dict[str, Any]:
     """The stage spec as a resumed run must find it again (JSON values)."""
-    return stage.model_dump(mode="json", exclude=set(_RESUME_NEUTRAL))
+    exclude: dict[str, Any] = {k: True for k in _RESUME_NEUTRAL}
+    exclude["schedule"] = {k: True for k in _RESUME_NEUTRAL_SCHEDULE}
+    return stage.model_dump(mode="json", exclude=exclude)
 
 
 def stage_fingerprint(stage: StageSpec) -> str:
@@ -127,13 +106,14 @@ def train_stage(
 ) -> dict[str, Any]:
     """Train one stage; returns a small JSON-able summary with the checkpoint path.
 
-    `max_steps` stops early (after saving a resumable state): used to test kill-and-resume.
+    With `processes: N > 1` (and not already under torchrun) the stage runs as N torchrun processes
+    (tasks/train/launch.py); this process relays their log lines and metrics. `max_steps` stops
+    early (after saving a resumable state): used to test kill-and-resume.
     """
-    from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
-    from model.trainable import set_trainable
+    from model.checkpoint import CheckpointError, verify_checkpoint
 
     output_dir = Path(output_dir)
-    final_dir, resume_dir = output_dir / "checkpoint", output_dir / "resume"
+    final_dir = output_dir / "checkpoint"
     if final_dir.exists():
         try:
             verify_checkpoint(final_dir)
@@ -142,7 +122,52 @@ def train_stage(
         log(f"stage {stage.name}: finished checkpoint found at {final_dir}; not training again")
         return {"checkpoint": str(final_dir), "skipped": True}
     output_dir.mkdir(parents=True, exist_ok=True)
+    procs = recipe.Processes.from_env()
+    if stage.processes > 1 and not procs.distributed:
+        from tasks.train.launch import run_torchrun
 
+        return run_torchrun(
+            stage,
+            model_spec,
+            data_dirs=data_dirs,
+            output_dir=output_dir,
+            init_checkpoint=init_checkpoint,
+            tracker=tracker,
+            log=log,
+            max_steps=max_steps,
+        )
+    if procs.distributed and procs.world != stage.processes:
+        raise RuntimeError(
+            f"stage {stage.name} asks for {stage.processes} processes; torchrun started {procs.world}"
+        )
+    device = recipe.resolve_device(stage.device, procs.local_rank)
+    with recipe.stage_processes(procs, device):
+        return _train(
+            stage, model_spec, data_dirs, output_dir, init_checkpoint, tracker, log, max_steps, procs, device
+        )
+
+
+def _train(
+    stage: StageSpec,
+    model_spec: ModelSpec,
+    data_dirs: dict[str, str],
+    output_dir: Path,
+    init_checkpoint: str | None,
+    tracker: Tracker | None,
+    log: Callable[[str], None],
+    max_steps: int | None,
+    procs: recipe.Processes,
+    device: torch.device,
+) -> dict[str, Any]:
+    from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from model.trainable import set_trainable
+
+    final_dir, resume_dir = output_dir / "checkpoint", output_dir / "resume"
+    say = log if procs.main else (lambda _msg: None)
+    if not procs.main:
+        tracker = None
+
+    # -- the model: built on the CPU from the previous checkpoint, the stage's groups trainable, placed once
     random.seed(stage.seed)
     torch.manual_seed(stage.seed)
     built, prior_groups = build_model(
@@ -150,21 +175,21 @@ def train_stage(
         image_size=stage.image_size,
         init_checkpoint=init_checkpoint,
         tokenizer_corpus=shapes_world.tokenizer_corpus,
-        log=log,
+        log=say,
     )
     model = built.model
-    counts = set_trainable(model, stage.trainable, log=log)
+    counts = set_trainable(model, stage.trainable, log=say)
     keep_groups = list(dict.fromkeys(prior_groups + list(stage.trainable)))
-    if stage.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+    recipe.prepare_model(model, stage, device)
+    named = recipe.trainable_named(model)
 
-    pools = build_pools(stage, data_dirs)
-    data = StageData.for_model(stage, pools, built)
+    # -- the data: every process packs the same global stream and takes its rows of each batch
+    data = StageData.for_model(stage, build_pools(stage, data_dirs), built)
     sched = stage.schedule
-    contrastive = stage.contrastive
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, sched.weight_decay, sched.lr_scale), lr=sched.lr, betas=sched.betas
-    )
+    optimizer = recipe.make_optimizer(model, stage)
+    guard = recipe.VanishingGuard(stage)
+
+    # -- resume: weights, optimizer, data position, RNG and guard state, as the last save left them
     start_step, losses = 0, []
     spec_digest = stage_fingerprint(stage)
     if resume_dir.exists():
@@ -184,131 +209,99 @@ def train_stage(
         optimizer.load_state_dict(state["optimizer"])
         data.load_state_dict(state["data"])
         _set_rng_state(state["rng"])
+        guard.load_state_dict(state.get("guard", {}))
         start_step, losses = int(state["step"]), list(state["losses"])
-        log(f"stage {stage.name}: resuming at step {start_step} from {resume_dir}")
+        say(f"stage {stage.name}: resuming at step {start_step} from {resume_dir}")
 
+    flops = StepFlops.of(model)
+    peak = peak_flops(device)
     if tracker is not None:
         tracker.log_params(
             {
                 "trainable_params": sum(counts.values()),
                 "trainable_groups": ",".join(stage.trainable),
                 "init_checkpoint": init_checkpoint or "(base model)",
+                "device": str(device),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "processes": procs.world,
             }
         )
         tracker.log_dict(model.config_summary(), "model.json")  # sizes and parameters per group
-    autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=stage.precision == "bf16")
-    # MFU counts the LM's forward and backward; a contrastive-only stage skips the LM, so none is reported.
-    meter = Throughput(flops_per_token=flops_per_token(model) if stage.autoregressive else 0.0)
-    model.train()
+        tracker.log_dict(flops.as_dict(), "flops.json")
+    meter = Throughput(peak_flops=peak * procs.world if peak else None, device=device)
+    recipe.set_train_mode(model)
     end_step = sched.steps if max_steps is None else min(sched.steps, max_steps)
+    contrastive_fn = CONTRASTIVE_LOSSES[stage.contrastive.loss] if stage.contrastive else None
+    started = time.perf_counter()
 
     def save(directory: Path, step: int, *, resumable: bool = True) -> None:
-        # the finished checkpoint (what the next stage and the registry take) carries no optimizer
-        training_state = None
-        if resumable:
-            training_state = {
-                "step": step,
-                "losses": losses,
-                "optimizer": optimizer.state_dict(),
-                "data": data.state_dict(),
-                "rng": _rng_state(),
-            }
-        save_checkpoint(
-            directory,
-            model,
-            keep_groups,
-            tokenizer=built.tokenizer,
-            training_state=training_state,
-            metadata={
-                "stage": stage.name,
-                "step": step,
-                "preset": built.preset.name,
-                "image_size": built.preset.image_size,
-                "stage_spec": resume_relevant(stage),
-                "stage_spec_sha256": spec_digest,
-            },
-        )
+        # rank 0 writes; the finished checkpoint (what the next stage and the registry take) has no optimizer
+        if procs.main:
+            training_state = None
+            if resumable:
+                training_state = {
+                    "step": step,
+                    "losses": losses,
+                    "optimizer": optimizer.state_dict(),
+                    "data": data.state_dict(),
+                    "rng": _rng_state(),
+                    "guard": guard.state_dict(),
+                }
+            save_checkpoint(
+                directory,
+                model,
+                keep_groups,
+                tokenizer=built.tokenizer,
+                training_state=training_state,
+                metadata={
+                    "stage": stage.name,
+                    "step": step,
+                    "preset": built.preset.name,
+                    "image_size": built.preset.image_size,
+                    "stage_spec": resume_relevant(stage),
+                    "stage_spec_sha256": spec_digest,
+                },
+            )
+        procs.barrier()
 
+    # -- the steps
     with stopping.handling():  # SIGINT/SIGTERM end the stage at a step boundary, state saved
         for step in range(start_step, end_step):
             with stopping.deferred():  # a stop request waits for the step to end
-                lr = lr_at(step, sched)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                lr = sched.lr_at(step)
+                recipe.set_lr(optimizer, lr)
                 t0 = time.perf_counter()
-                batch, pixels = data.next_batch()
-                t1 = time.perf_counter()
-                lm_loss = contrastive_loss = None
-                with autocast:
-                    if stage.autoregressive:
-                        out = model(
-                            input_ids=batch.input_ids,
-                            pixel_values=pixels,
-                            segment_ids=batch.segment_ids,
-                            attention_mask=batch.attention_mask,
-                            labels=batch.labels,
-                            return_embeds=contrastive is not None,
-                        )
-                        lm_loss, embeds = out.loss, out.inputs_embeds
-                    else:  # contrastive only: the LM's input embeddings are all it needs
-                        embeds = model.embed_inputs(batch.input_ids, pixels)
-                if contrastive is not None:
-                    contrastive_loss, _ = CONTRASTIVE_LOSSES[contrastive.loss](
-                        embeds,
-                        batch.input_ids,
-                        model.image_token_id,
-                        segment_ids=batch.segment_ids,
-                        attention_mask=batch.attention_mask,
-                        temperature=contrastive.temperature,
-                    )
-                if lm_loss is None:
-                    loss = contrastive.weight * contrastive_loss
-                elif contrastive_loss is None:
-                    loss = lm_loss
-                else:
-                    loss = lm_loss + contrastive.weight * contrastive_loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"stage {stage.name}: loss is {loss.item()} at step {step + 1}; lower "
-                        "schedule.lr or check the data (vlmpipe spec preview)"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = None
-                if sched.grad_clip:
-                    params = [p for g in optimizer.param_groups for p in g["params"]]
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, sched.grad_clip))
-                optimizer.step()
-                t2 = time.perf_counter()
-                loss_value = loss.item()
-                losses.append(loss_value)
+                batch = data.next_tokens()
+                result = recipe.train_step(
+                    model,
+                    optimizer,
+                    stage,
+                    batch,
+                    load_pixels=data.pixels,
+                    procs=procs,
+                    device=device,
+                    named=named,
+                    contrastive_fn=contrastive_fn,
+                    step=step + 1,
+                    timer=time.perf_counter,
+                )
+                guard.check(step + 1, result.grad_norm, named)
+                losses.append(result.loss)
                 meter.add(
-                    tokens=batch.real_tokens, samples=batch.num_samples, data_s=t1 - t0, compute_s=t2 - t1
+                    tokens=result.tokens,
+                    samples=result.samples,
+                    data_s=result.data_s + (time.perf_counter() - t0 - result.data_s - result.compute_s),
+                    compute_s=result.compute_s,
+                    flops=flops.step(
+                        rows=result.rows,
+                        seq_len=batch.input_ids.shape[1],
+                        images=result.images,
+                        lm=stage.autoregressive,
+                    ),
                 )
                 if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
-                    figures = meter.report()
-                    metrics = {
-                        "loss": loss_value,
-                        "lr": lr,
-                        "packing_efficiency": batch.real_tokens / batch.capacity,
-                        **figures,
-                    }
-                    if grad_norm is not None:
-                        metrics["grad_norm"] = grad_norm
-                    if contrastive is not None:
-                        if lm_loss is not None:
-                            metrics["lm_loss"] = lm_loss.item()
-                        metrics[f"{contrastive.loss}_loss"] = contrastive_loss.item()
-                    if tracker is not None:
-                        tracker.log_metrics(metrics, step=step + 1)
-                    parts = ""
-                    if contrastive is not None and lm_loss is not None:
-                        parts = (
-                            f" (lm {lm_loss.item():.4f}, {contrastive.loss} {contrastive_loss.item():.4f})"
-                        )
-                    log(
-                        f"{stage.name} step {step + 1}/{sched.steps} loss {loss_value:.4f}{parts} lr {lr:.2e} "
-                        f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%}"
+                    _report(
+                        stage, step + 1, lr, result, batch, meter.report(), tracker, say, started, start_step
                     )
                 if (
                     stage.checkpoint_every
@@ -316,10 +309,11 @@ def train_stage(
                     and step + 1 < sched.steps
                 ):
                     save(resume_dir, step + 1)
-            if stopping.requested() is not None:
+                stop = procs.any(stopping.requested() is not None, device)  # every rank stops at one step
+            if stop:
                 save(resume_dir, step + 1)
                 raise stopping.Interrupted(
-                    stopping.requested(),
+                    stopping.requested() or 15,
                     f"stage {stage.name} stopped after step {step + 1}; state saved in {resume_dir}",
                 )
 
@@ -328,7 +322,8 @@ def train_stage(
         return {"checkpoint": None, "resume": str(resume_dir), "steps": end_step, "stopped_early": True}
 
     save(final_dir, sched.steps, resumable=False)
-    shutil.rmtree(resume_dir, ignore_errors=True)  # the finished checkpoint supersedes it
+    if procs.main:
+        shutil.rmtree(resume_dir, ignore_errors=True)  # the finished checkpoint supersedes it
     window = max(1, len(losses) // 10)
     summary = {
         "checkpoint": str(final_dir),
@@ -337,6 +332,8 @@ def train_stage(
         "loss_end": sum(losses[-window:]) / window,
         "truncated_samples": data.truncated,
         "groups": keep_groups,
+        "device": str(device),
+        "processes": procs.world,
     }
     if tracker is not None:
         tracker.log_metrics(
@@ -346,7 +343,53 @@ def train_stage(
                 "truncated_samples": data.truncated,
             }
         )
-    log(
+    say(
         f"stage {stage.name}: loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}; checkpoint {final_dir}"
     )
     return summary
+
+
+def _report(
+    stage: StageSpec,
+    step: int,
+    lr: float,
+    result: recipe.StepResult,
+    batch,
+    figures: dict[str, float],
+    tracker: Tracker | None,
+    say: Callable[[str], None],
+    started: float,
+    start_step: int,
+) -> None:
+    """The step's metrics to MLflow and one log line with the ETA."""
+    metrics = {
+        "loss": result.loss,
+        "lr": lr,
+        "packing_efficiency": batch.real_tokens / batch.capacity,
+        **figures,
+    }
+    if result.grad_norm is not None:
+        metrics["grad_norm"] = result.grad_norm
+    parts = ""
+    if stage.contrastive is not None:
+        if result.lm_loss is not None:
+            metrics["lm_loss"] = result.lm_loss
+            parts = f" (lm {result.lm_loss:.4f}, {stage.contrastive.loss} {result.contrastive_loss:.4f})"
+        metrics[f"{stage.contrastive.loss}_loss"] = result.contrastive_loss
+    if tracker is not None:
+        tracker.log_metrics(metrics, step=step)
+    total = stage.schedule.steps
+    per_step = (time.perf_counter() - started) / max(1, step - start_step)
+    eta = per_step * (total - step)
+    say(
+        f"{stage.name} step {step}/{total} loss {result.loss:.4f}{parts} lr {lr:.2e} "
+        f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%} "
+        f"eta {_duration(eta)}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from data_specs.pipelines import ModelSpec
 from data_specs.stages import load_stage_spec
 from tasks.shapes_world import tokenizer_corpus
-from tasks.train.stage import lr_at, train_stage
+from tasks.train.stage import train_stage
 
 SPECS = Path(__file__).resolve().parents[3] / "data_specs" / "stages"
 MODEL = ModelSpec(preset="tiny", seed=0)
@@ -32,10 +32,10 @@ def quiet(_msg: str) -> None:
 
 def test_schedule_warms_up_then_decays_to_min_lr():
     s = small("stage4_multitask", 100, warmup_steps=10, lr=1e-3, min_lr=1e-4, warmup_lr=1e-6)
-    assert lr_at(0, s.schedule) == pytest.approx(1e-6)
-    assert lr_at(10, s.schedule) == pytest.approx(1e-3)
-    assert lr_at(100, s.schedule) == pytest.approx(1e-4)
-    assert all(lr_at(i, s.schedule) >= lr_at(i + 1, s.schedule) for i in range(10, 100))
+    assert s.schedule.lr_at(0) == pytest.approx(1e-6)
+    assert s.schedule.lr_at(10) == pytest.approx(1e-3)
+    assert s.schedule.lr_at(100) == pytest.approx(1e-4)
+    assert all(s.schedule.lr_at(i) >= s.schedule.lr_at(i + 1) for i in range(10, 100))
 
 
 def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
