@@ -184,10 +184,14 @@ def tracked_run(experiment: str, run_name: str, **kwargs: Any) -> Iterator[Track
 
 
 def log_failure(tracker: Tracker, exc: BaseException) -> None:
-    """The traceback as the run's `error.txt` (best effort: the run still ends with its status)."""
+    """The traceback as the run's `error.txt`, and the tags an error names for itself (e.g. a
+    training guard's `vlmpipe.failure`); best effort: the run still ends with its status."""
     import traceback
 
     try:
+        tags = getattr(exc, "mlflow_tags", None)
+        if isinstance(tags, dict):
+            tracker.set_tags(tags)
         tracker.log_text("".join(traceback.format_exception(exc)), "error.txt")
     except Exception:  # noqa: BLE001 (the store may be what failed)
         pass
