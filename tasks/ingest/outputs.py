@@ -30,7 +30,8 @@ def write_parquet_output(
             continue
         rows = []
         for sample in sorted(
-            wds.WebDataset(str(tar), shardshuffle=False, empty_check=False), key=lambda s: s["__key__"]
+            wds.WebDataset(str(tar), shardshuffle=False, empty_check=False, nodesplitter=None),
+            key=lambda s: s["__key__"],
         ):
             meta = json.loads(sample["json"])
             row = {

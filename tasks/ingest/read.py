@@ -26,8 +26,9 @@ def load_manifest(output_dir: str | Path) -> dict:
 
 
 def _raw_samples(tar_path: Path) -> list[dict]:
-    # webdataset groups a tar's members into samples by key; no shuffling, no decoding yet
-    dataset = wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False)
+    # webdataset groups a tar's members into samples by key; no shuffling, no decoding yet; every
+    # data-parallel rank reads the whole tar it is given (nodesplitter=None): the ranks split batches
+    dataset = wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False, nodesplitter=None)
     return sorted(dataset, key=lambda s: s["__key__"])
 
 
