@@ -25,17 +25,28 @@ def console_without_tracebacks() -> None:
     """Prefect's console handler prints a failed flow run's traceback once per nested flow; the CLI
     prints one line naming a log file instead. Records that carry a traceback still reach Prefect's
     API (the UI shows them) and every other handler; the console shows them only with VLMPIPE_DEBUG=1.
-    Call after Prefect is imported (it sets its handlers up on import)."""
+    On a terminal, a stage's per-step lines give way to its progress bar (tasks/train/progress.py)
+    on the console too. Call after Prefect is imported (it sets its handlers up on import)."""
     import logging
 
-    if os.environ.get("VLMPIPE_DEBUG"):
-        return
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    from tasks.train.progress import STEP_LINE
+    from tasks.train.progress import enabled as progress_bar_shown
+
+    debug = bool(os.environ.get("VLMPIPE_DEBUG"))
+
     def no_traceback(record: logging.LogRecord) -> bool:
-        return record.exc_info is None and not record.exc_text
+        return debug or (record.exc_info is None and not record.exc_text)
+
+    def no_step_line(record: logging.LogRecord) -> bool:
+        return not STEP_LINE.match(str(record.getMessage()))
 
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for handler in getattr(logger, "handlers", ()):
-            if isinstance(handler, PrefectConsoleHandler) and no_traceback not in handler.filters:
-                handler.addFilter(no_traceback)
+            if not isinstance(handler, PrefectConsoleHandler) or getattr(handler, "_vlmpipe_quiet", False):
+                continue
+            handler._vlmpipe_quiet = True  # type: ignore[attr-defined]
+            handler.addFilter(no_traceback)
+            if progress_bar_shown(getattr(handler, "stream", None)):
+                handler.addFilter(no_step_line)

@@ -15,7 +15,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from data_specs.pipelines import ResolvedPipeline, load_pipeline
-from tasks.tracking import Tracker, end_status, log_failure, log_json_artifact, start_run, tracked_run
+from tasks.tracking import (
+    Tracker,
+    end_status,
+    log_failure,
+    log_json_artifact,
+    start_run,
+    system_metrics,
+    tracked_run,
+)
 
 
 def resolved_config(rp: ResolvedPipeline) -> dict[str, Any]:
@@ -56,15 +64,16 @@ def train_stage_flow(
     ) as run:
         run.log_params(stage.model_dump(mode="json"), prefix="stage.")
         run.log_artifact(stage_path, "spec")
-        summary = train_stage(
-            stage,
-            rp.spec.model,
-            data_dirs=data_dirs,
-            output_dir=output_dir,
-            init_checkpoint=init_checkpoint,
-            tracker=run,
-            log=logger.info,
-        )
+        with system_metrics(run):
+            summary = train_stage(
+                stage,
+                rp.spec.model,
+                data_dirs=data_dirs,
+                output_dir=output_dir,
+                init_checkpoint=init_checkpoint,
+                tracker=run,
+                log=logger.info,
+            )
         run.log_dict(summary, "summary.json")
     result = {**summary, "stage": stage_name, "mlflow_run_id": run.run_id}
     write_stage_result(output_dir, result)

@@ -229,3 +229,33 @@ def log_json_artifact(tracker: Tracker, data: Any, name: str) -> None:
         path = Path(tmp) / name
         path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
         tracker.log_artifact(path)
+
+
+SYSTEM_METRICS_ENV = "VLMPIPE_SYSTEM_METRICS_S"
+
+
+@contextmanager
+def system_metrics(tracker: Tracker, interval_s: float | None = None) -> Iterator[None]:
+    """MLflow's system metrics on `tracker`'s run while the block runs, every `interval_s` seconds
+    (default $VLMPIPE_SYSTEM_METRICS_S, else 10; 0 turns them off): system/cpu_utilization_percentage,
+    memory, disk and network, and per GPU its utilisation and memory through NVIDIA's management
+    library (nvidia-ml-py) where a GPU is present."""
+    if interval_s is None:
+        interval_s = float(os.environ.get(SYSTEM_METRICS_ENV, 10))
+    if interval_s <= 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        tracker.run_id,
+        sampling_interval=interval_s,
+        samples_before_logging=1,
+        resume_logging=True,  # a resumed stage continues the steps of its system metrics
+        tracking_uri=tracker.tracking_uri,
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

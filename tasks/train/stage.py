@@ -8,6 +8,7 @@ again continues from `resume/`, and a finished one is not run twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -28,6 +29,7 @@ from tasks.data.stage_data import StageData, build_pools
 from tasks.tracking import Tracker
 from tasks.train import recipe
 from tasks.train.flops import StepFlops, peak_flops
+from tasks.train.progress import ProgressBar, duration
 from tasks.train.throughput import Throughput
 
 # Keyed by the names of data_specs.registry.CONTRASTIVE_LOSSES (the tests check they match):
@@ -265,7 +267,10 @@ def _train(
         procs.barrier()
 
     # -- the steps
-    with stopping.handling():  # SIGINT/SIGTERM end the stage at a step boundary, state saved
+    bar = ProgressBar(stage.name, sched.steps, start_step) if procs.main else None
+    with stopping.handling(), contextlib.ExitStack() as cleanup:  # SIGINT/SIGTERM: stop at a step, saved
+        if bar is not None:
+            cleanup.callback(bar.close)
         for step in range(start_step, end_step):
             with stopping.deferred():  # a stop request waits for the step to end
                 lr = sched.lr_at(step)
@@ -287,6 +292,8 @@ def _train(
                 )
                 guard.check(step + 1, result.grad_norm, named)
                 losses.append(result.loss)
+                if bar is not None:
+                    bar.update(step + 1, result.loss, result.tokens / max(time.perf_counter() - t0, 1e-9))
                 meter.add(
                     tokens=result.tokens,
                     samples=result.samples,
@@ -384,12 +391,5 @@ def _report(
     say(
         f"{stage.name} step {step}/{total} loss {result.loss:.4f}{parts} lr {lr:.2e} "
         f"tok/s {figures['tokens_per_s']:.0f} data-wait {figures['data_wait_share']:.1%} "
-        f"eta {_duration(eta)}"
+        f"eta {duration(eta)}"
     )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

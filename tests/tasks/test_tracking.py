@@ -50,3 +50,23 @@ def test_two_processes_on_a_fresh_store_both_get_their_run(tmp_path):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1", "run-2"]
+
+
+def test_system_metrics_reach_the_run_while_a_block_runs(tmp_path):
+    import time
+
+    from tasks.tracking import system_metrics
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracked_run("t", "busy", tracking_uri=uri) as run:
+        with system_metrics(run, interval_s=0.5):
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                sum(i * i for i in range(10_000))
+        with system_metrics(run, interval_s=0):  # off: nothing more is logged
+            pass
+    metrics = MlflowClient(uri).get_run(run.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
+    assert "system/system_memory_usage_megabytes" in metrics
+    history = MlflowClient(uri).get_metric_history(run.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2

@@ -97,11 +97,8 @@ def test_a_non_finite_loss_stops_the_stage_with_one_line_and_an_mlflow_cause(tmp
 
     stage = stage_of("stage4_multitask", 3, 2, lr=1e30, grad_clip=None)  # diverges at once
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
     with pytest.raises(recipe.TrainingHalted) as caught:
-        with tracked_run("guards", "nan") as run:
+        with tracked_run("guards", "nan", tracking_uri=uri) as run:
             train_stage(
                 stage, EXACT, data_dirs=shapes_source, output_dir=tmp_path / "nan", tracker=run, log=quiet
             )
