@@ -132,7 +132,8 @@ class Schedule(SpecModel):
         ),
     )
     optimizer: Literal["adamw", "adamw_8bit"] = Field(
-        "adamw", description="adamw (torch) or adamw_8bit (bitsandbytes' 8-bit states; needs a GPU)."
+        "adamw",
+        description="adamw (torch) or adamw_8bit (bitsandbytes: 8-bit optimizer states for weights of 4096+ elements).",
     )
     lr: float = Field(gt=0)
     min_lr: float = Field(ge=0)

@@ -276,3 +276,27 @@ def test_mfu_needs_a_known_peak(monkeypatch):
     assert peak_flops(torch.device("cpu")) is None  # an unknown device: no MFU, not a wrong one
     monkeypatch.setenv("VLMPIPE_PEAK_TFLOPS", "2.5")
     assert peak_flops(torch.device("cpu")) == 2.5e12
+
+
+def test_8bit_adamw_keeps_8bit_states_and_resumes_to_the_same_weights(tmp_path, shapes_source):
+    stage = stage_of("stage4_multitask", 4, 2, optimizer="adamw_8bit", lr=1e-3)
+    stage.checkpoint_every = 2
+    full = train_stage(stage, EXACT, data_dirs=shapes_source, output_dir=tmp_path / "full", log=quiet)
+    part = train_stage(
+        stage, EXACT, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet, max_steps=2
+    )
+    from model.checkpoint import _read_training_state
+
+    state = _read_training_state(Path(part["resume"]))["optimizer"]["state"]
+
+    def dtypes(tree) -> set[str]:
+        if isinstance(tree, torch.Tensor):
+            return {str(tree.dtype)}
+        items = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list | tuple) else []
+        return set().union(*(dtypes(v) for v in items)) if items else set()
+
+    assert "torch.uint8" in dtypes(state)  # the LoRA and projection matrices' moments are 8-bit
+    resumed = train_stage(stage, EXACT, data_dirs=shapes_source, output_dir=tmp_path / "part", log=quiet)
+    a, b = weights(full), weights(resumed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
