@@ -300,3 +300,16 @@ def test_8bit_adamw_keeps_8bit_states_and_resumes_to_the_same_weights(tmp_path, 
     a, b = weights(full), weights(resumed)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_mfu_on_a_cpu_when_its_peak_is_given():
+    from tasks.train.throughput import Throughput
+
+    meter = Throughput(peak_flops=None)
+    meter.add(tokens=100, samples=4, data_s=0.1, compute_s=0.9, flops=5e9)
+    assert "mfu" not in meter.report()
+    meter = Throughput(peak_flops=1e12)
+    meter._t0 -= 1.0  # a window of about one second
+    meter.add(tokens=100, samples=4, data_s=0.1, compute_s=0.9, flops=5e11)
+    figures = meter.report()
+    assert 0.4 < figures["mfu"] <= 0.5 and 400 < figures["tflops_per_s"] * 1000 <= 500
