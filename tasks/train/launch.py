@@ -64,9 +64,9 @@ def run_torchrun(
             {
                 "stage": stage.model_dump(mode="json"),
                 "model": model_spec.model_dump(mode="json"),
-                "data_dirs": {k: str(v) for k, v in data_dirs.items()},
-                "output_dir": str(output_dir),
-                "init_checkpoint": init_checkpoint,
+                "data_dirs": {k: str(Path(v).resolve()) for k, v in data_dirs.items()},
+                "output_dir": str(output_dir.resolve()),
+                "init_checkpoint": str(Path(init_checkpoint).resolve()) if init_checkpoint else None,
                 "max_steps": max_steps,
             }
         )
@@ -88,9 +88,8 @@ def run_torchrun(
         str(job),
     ]
     log(f"stage {stage.name}: {n} processes (torchrun, DDP over {'nccl' if _wants_cuda(stage) else 'gloo'})")
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # in our working folder: relative paths inside the specs mean the same
         cmd,
-        cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
