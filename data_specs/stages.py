@@ -271,6 +271,13 @@ class StageSpec(SpecModel):
         le=1024,
         description="Data-parallel processes (torchrun; DDP over gloo on CPU, NCCL on GPU).",
     )
+    fsdp: bool = Field(
+        False,
+        description=(
+            "Shard the language model's layers over the processes (FSDP2): each process holds 1/N of "
+            "its weights, gradients and optimizer states; the rest of the model is replicated. Needs processes > 1."
+        ),
+    )
     compile: bool = Field(False, description="torch.compile the language model (slower start, faster steps).")
     guards: Guards = Field(default_factory=Guards)
     gradient_checkpointing: bool = Field(
@@ -282,6 +289,8 @@ class StageSpec(SpecModel):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> StageSpec:
+        if self.fsdp and self.processes < 2:
+            raise ValueError("fsdp: true shards the language model over processes; set processes >= 2")
         per_step = self.schedule.accumulation_steps * self.processes
         if self.schedule.batch_size % per_step:
             raise ValueError(

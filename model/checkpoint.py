@@ -153,19 +153,25 @@ def save_checkpoint(
     tokenizer=None,
     training_state: dict | None = None,
     metadata: dict | None = None,
+    parameters: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the parameters of `groups` (plus optional tokenizer / training state) to `directory`.
 
     `training_state` is a tree of dicts, lists, tuples, numbers, strings and tensors; anything else
-    is refused before the disk is touched."""
+    is refused before the disk is touched. `parameters` gives the model's parameters by name when
+    `model` does not hold them whole (a sharded model gathers them first)."""
     directory = Path(directory).absolute()
     groups = check_groups(groups)
     directory.parent.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_swap(directory)
 
-    tensors = {
-        name: p.detach().to("cpu").contiguous().clone() for name, p in group_state_dict(model, groups).items()
-    }
+    if parameters is None:
+        chosen = group_state_dict(model, groups)
+    else:
+        from .trainable import group_of
+
+        chosen = {name: t for name, t in parameters.items() if group_of(name) in set(groups)}
+    tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in chosen.items()}
     preset = getattr(model, "preset", None)
     manifest = {
         "format": FORMAT,

@@ -17,6 +17,7 @@ global batch's samples; its negatives are the micro-batch's samples, so it alone
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -145,15 +146,76 @@ class Processes:
 # ------------------------------------------------------------------------------------ model
 
 
-def prepare_model(model: torch.nn.Module, stage: StageSpec, device: torch.device) -> torch.nn.Module:
-    """Place the model on `device` once; gradient checkpointing and torch.compile when asked.
-    Returns the module to call (the compiled one, when compiled)."""
+def prepare_model(
+    model: torch.nn.Module, stage: StageSpec, device: torch.device, procs: Processes | None = None
+) -> torch.nn.Module:
+    """Place the model on `device` once; gradient checkpointing, FSDP and torch.compile when asked."""
     model.to(device)
     if stage.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if stage.fsdp and procs is not None and procs.distributed:
+        shard_language_model(model, device, procs)
     if stage.compile:
-        model.language_model = torch.compile(model.language_model)
+        model.language_model.compile()
     return model
+
+
+def shard_language_model(model: torch.nn.Module, device: torch.device, procs: Processes) -> None:
+    """FSDP2 over the language model: one unit per decoder layer, the root unit for the rest (final
+    norm, LM head). The token embedding stays whole on every process: the model looks image
+    embeddings into it before the LM's forward, outside any unit. Gradients are summed, not averaged,
+    over the processes (train_step already divides by the global batch's label tokens)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (procs.world,))
+    lm = model.language_model
+    embedding = lm.get_input_embeddings().weight
+    layers = [m for m in lm.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise RuntimeError("fsdp: found no decoder layers in the language model to shard")
+    units = [fully_shard(layer, mesh=mesh) for layer in layers]
+    units.append(fully_shard(lm, mesh=mesh, ignored_params={embedding}))
+    for unit in units:
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # plain sums: gloo has no pre-multiplied sum
+
+
+def is_sharded(t: torch.Tensor | None) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if is_sharded(t) else t
+
+
+def full_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter whole, on the CPU of process 0 (a collective: every process calls it; the
+    others get an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    names = {n for n, _ in model.named_parameters()}
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {n: t for n, t in full.items() if n in names}
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state whole, keyed by parameter name (a collective, like full_parameters)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def set_train_mode(model: torch.nn.Module) -> None:
@@ -272,23 +334,38 @@ def trainable_named(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramete
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def gradient_norm(named: list[tuple[str, torch.nn.Parameter]]) -> tuple[float, list[str]]:
-    """The global L2 norm of the gradients, and the groups holding a non-finite gradient."""
-    from model.trainable import group_of
+def gradient_norm(
+    named: list[tuple[str, torch.nn.Parameter]], procs: Processes | None = None
+) -> tuple[float, list[str]]:
+    """The global L2 norm of the gradients (after they were summed over processes), and the groups
+    holding a non-finite gradient. A sharded gradient's squares are summed over the processes."""
+    from model.trainable import GROUPS, group_of
 
-    bad: list[str] = []
-    total = torch.zeros((), dtype=torch.float64)
+    whole = torch.zeros(len(GROUPS), dtype=torch.float64)
+    shards = torch.zeros(len(GROUPS), dtype=torch.float64)
     for name, p in named:
         if p.grad is None:
             continue
-        g = p.grad.detach()
-        sq = g.float().pow(2).sum().double().cpu()
-        if not torch.isfinite(sq):
-            group = group_of(name)
-            if group not in bad:
-                bad.append(group)
-        total += sq
-    return float(total.sqrt()), bad
+        sq = _local(p.grad.detach()).float().pow(2).sum().double().cpu()
+        (shards if is_sharded(p.grad) else whole)[GROUPS.index(group_of(name))] += sq
+    if procs is not None and procs.distributed and bool(shards.any()):
+        shards = torch.tensor(procs.sum_values(shards.tolist(), torch.device("cpu")), dtype=torch.float64)
+    per_group = whole + shards
+    bad = [g for g, v in zip(GROUPS, per_group.tolist(), strict=True) if not math.isfinite(v)]
+    return float(per_group.sum().sqrt()), bad
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, norm: float) -> None:
+    """Scale every gradient by max_norm / norm when norm is above max_norm (torch's rule), with the
+    norm already summed over processes and shards."""
+    if any(is_sharded(p.grad) for p in params if p.grad is not None):
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        return
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def train_step(
@@ -342,10 +419,10 @@ def train_step(
         data_s += t1 - t0
         compute_s += timer() - t1
     t2 = timer()
-    grads = [p.grad for _, p in named if p.grad is not None]
-    procs.sum_(grads)
+    grads = [p.grad for _, p in named if p.grad is not None and not is_sharded(p.grad)]
+    procs.sum_(grads)  # a sharded (FSDP) gradient was reduce-scattered, summed, in backward
     lm_value, con_value = procs.sum_values([float(lm_total), float(con_total)], device)
-    norm, bad = gradient_norm(named)
+    norm, bad = gradient_norm(named, procs)
     if bad:
         raise TrainingHalted(
             f"stage {stage.name}: non-finite gradient at step {step} in group {', '.join(bad)}; lower "
@@ -353,8 +430,7 @@ def train_step(
             "nonfinite_gradient",
         )
     if stage.schedule.grad_clip:
-        params = [p for _, p in named]
-        torch.nn.utils.clip_grad_norm_(params, stage.schedule.grad_clip)
+        clip_gradients([p for _, p in named], stage.schedule.grad_clip, norm)
     optimizer.step()
     compute_s += timer() - t2
     lm_loss = lm_value if stage.autoregressive else None
@@ -411,7 +487,7 @@ def _group_norms(named: list[tuple[str, torch.nn.Parameter]]) -> dict[str, float
     for name, p in named:
         if p.grad is not None:
             g = group_of(name)
-            sums[g] = sums.get(g, 0.0) + float(p.grad.detach().float().pow(2).sum())
+            sums[g] = sums.get(g, 0.0) + float(_local(p.grad.detach()).float().pow(2).sum())
     return {g: v**0.5 for g, v in sums.items()}
 
 

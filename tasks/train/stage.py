@@ -182,17 +182,9 @@ def _train(
     model = built.model
     counts = set_trainable(model, stage.trainable, log=say)
     keep_groups = list(dict.fromkeys(prior_groups + list(stage.trainable)))
-    recipe.prepare_model(model, stage, device)
-    named = recipe.trainable_named(model)
 
-    # -- the data: every process packs the same global stream and takes its rows of each batch
-    data = StageData.for_model(stage, build_pools(stage, data_dirs), built)
-    sched = stage.schedule
-    optimizer = recipe.make_optimizer(model, stage)
-    guard = recipe.VanishingGuard(stage)
-
-    # -- resume: weights, optimizer, data position, RNG and guard state, as the last save left them
-    start_step, losses = 0, []
+    # -- resume: the weights go into the whole model before it is placed (and sharded)
+    start_step, losses, state = 0, [], None
     spec_digest = stage_fingerprint(stage)
     if resume_dir.exists():
         start_over = f"delete {resume_dir} to start stage {stage.name} over"
@@ -208,7 +200,27 @@ def _train(
                 f"put the spec back to resume, or {start_over}"
             )
         state = info.training_state or {}
-        optimizer.load_state_dict(state["optimizer"])
+    recipe.prepare_model(model, stage, device, procs)
+    sharded = any(recipe.is_sharded(p) for p in model.parameters())
+    if sharded:
+        lm_params = list(model.language_model.parameters())
+        here = sum(p.to_local().numel() if recipe.is_sharded(p) else p.numel() for p in lm_params)
+        say(
+            f"stage {stage.name}: language model sharded over {procs.world} processes (FSDP2): "
+            f"{here:,} of its {sum(p.numel() for p in lm_params):,} weights on each"
+        )
+    named = recipe.trainable_named(model)
+
+    # -- the data: every process packs the same global stream and takes its rows of each batch
+    data = StageData.for_model(stage, build_pools(stage, data_dirs), built)
+    sched = stage.schedule
+    optimizer = recipe.make_optimizer(model, stage)
+    guard = recipe.VanishingGuard(stage)
+    if state is not None:  # optimizer, data position, RNG and guard state, as the last save left them
+        if sharded:
+            recipe.load_full_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         data.load_state_dict(state["data"])
         _set_rng_state(state["rng"])
         guard.load_state_dict(state.get("guard", {}))
@@ -237,14 +249,21 @@ def _train(
     started = time.perf_counter()
 
     def save(directory: Path, step: int, *, resumable: bool = True) -> None:
-        # rank 0 writes; the finished checkpoint (what the next stage and the registry take) has no optimizer
+        # rank 0 writes; the finished checkpoint (what the next stage and the registry take) has no
+        # optimizer. A sharded model is gathered first, by every process.
+        parameters = recipe.full_parameters(model) if sharded else None
+        optimizer_state = None
+        if resumable:
+            optimizer_state = (
+                recipe.full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
+            )
         if procs.main:
             training_state = None
             if resumable:
                 training_state = {
                     "step": step,
                     "losses": losses,
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer_state,
                     "data": data.state_dict(),
                     "rng": _rng_state(),
                     "guard": guard.state_dict(),
@@ -255,6 +274,7 @@ def _train(
                 keep_groups,
                 tokenizer=built.tokenizer,
                 training_state=training_state,
+                parameters=parameters,
                 metadata={
                     "stage": stage.name,
                     "step": step,

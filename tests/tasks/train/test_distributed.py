@@ -180,3 +180,21 @@ def test_a_sigkilled_two_process_stage_resumes_to_the_weights_of_one_never_kille
     resumed = train_stage(stage, EXACT, data_dirs=shapes_dir, output_dir=out, log=lines.append)
     assert any("resuming at step" in m for m in lines), lines
     assert_same_weights(single["checkpoint"], resumed["checkpoint"])
+
+
+def test_fsdp_over_two_processes_matches_one_process_and_resumes_exactly(shapes_dir, one_process, tmp_path):
+    """The LM's layers sharded over two processes (FSDP2, gloo): stopped after step 3 with its
+    optimizer state gathered into resume/, then continued: the weights of one process never stopped."""
+    single, _ = one_process
+    stage = stage_spec(2, checkpoint_every=2)
+    stage.fsdp = True
+    out = tmp_path / "fsdp"
+    part = train_stage(stage, EXACT, data_dirs=shapes_dir, output_dir=out, log=lambda _m: None, max_steps=3)
+    assert part["checkpoint"] is None and (out / "resume" / "checkpoint.json").is_file()
+    lines: list[str] = []
+    done = train_stage(stage, EXACT, data_dirs=shapes_dir, output_dir=out, log=lines.append)
+    assert any("resuming at step 3" in m for m in lines), lines
+    shard = next(m for m in lines if "sharded over 2 processes (FSDP2)" in m)
+    here, total = (int(x.replace(",", "")) for x in re.findall(r"([\d,]+) of its ([\d,]+)", shard)[0])
+    assert here < 0.75 * total  # the layers are halved; the token embedding stays whole
+    assert_same_weights(single["checkpoint"], done["checkpoint"])

@@ -88,6 +88,11 @@ def test_batch_size_must_split_into_micro_batches_and_processes(tmp_path):
     bad.write_text(text.replace("schedule: {", "processes: 2\nschedule: {accumulation_steps: 3, ", 1))
     with pytest.raises(SpecError, match="not a multiple of accumulation_steps x processes = 6"):
         load_spec(StageSpec, bad)
+    bad.write_text(text.replace("schedule: {", "fsdp: true\nschedule: {", 1))
+    with pytest.raises(
+        SpecError, match="fsdp: true shards the language model over processes; set processes >= 2"
+    ):
+        load_spec(StageSpec, bad)
 
 
 def test_a_non_finite_loss_stops_the_stage_with_one_line_and_an_mlflow_cause(tmp_path, shapes_source):
