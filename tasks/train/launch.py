@@ -87,7 +87,10 @@ def run_torchrun(
         "tasks.train.launch",
         str(job),
     ]
-    log(f"stage {stage.name}: {n} processes (torchrun, DDP over {'nccl' if _wants_cuda(stage) else 'gloo'})")
+    from tasks.train.recipe import resolve_device
+
+    backend = "nccl" if resolve_device(stage.device).type == "cuda" else "gloo"  # a missing GPU fails here
+    log(f"stage {stage.name}: {n} processes (torchrun, DDP over {backend})")
     proc = subprocess.Popen(  # in our working folder: relative paths inside the specs mean the same
         cmd,
         env=env,
@@ -140,13 +143,6 @@ def run_torchrun(
     if code == 0 and result is not None:
         return result
     raise _stage_error(stage, code, errors)
-
-
-def _wants_cuda(stage: StageSpec) -> bool:
-    import torch
-
-    name = stage.device or os.environ.get("VLMPIPE_DEVICE") or "auto"
-    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
 
 
 def _stage_error(stage: StageSpec, code: int, errors: list[dict]) -> BaseException:

@@ -295,7 +295,7 @@ class StepResult:
     images: int
     data_s: float = 0.0
     compute_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    group_norms: dict[str, float] = field(default_factory=dict)  # before clipping
 
 
 def forward_losses(
@@ -336,23 +336,28 @@ def trainable_named(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramete
 
 def gradient_norm(
     named: list[tuple[str, torch.nn.Parameter]], procs: Processes | None = None
-) -> tuple[float, list[str]]:
-    """The global L2 norm of the gradients (after they were summed over processes), and the groups
-    holding a non-finite gradient. A sharded gradient's squares are summed over the processes."""
+) -> tuple[float, dict[str, float]]:
+    """The global L2 norm of the gradients (after they were summed over processes) and the norm of
+    each trainable group's; a non-finite gradient makes its group's norm non-finite. A sharded
+    gradient's squares are summed over the processes. One transfer from the device per step."""
     from model.trainable import GROUPS, group_of
 
-    whole = torch.zeros(len(GROUPS), dtype=torch.float64)
-    shards = torch.zeros(len(GROUPS), dtype=torch.float64)
+    squares, groups, sharded = [], [], []
     for name, p in named:
-        if p.grad is None:
-            continue
-        sq = _local(p.grad.detach()).float().pow(2).sum().double().cpu()
-        (shards if is_sharded(p.grad) else whole)[GROUPS.index(group_of(name))] += sq
-    if procs is not None and procs.distributed and bool(shards.any()):
-        shards = torch.tensor(procs.sum_values(shards.tolist(), torch.device("cpu")), dtype=torch.float64)
-    per_group = whole + shards
-    bad = [g for g, v in zip(GROUPS, per_group.tolist(), strict=True) if not math.isfinite(v)]
-    return float(per_group.sum().sqrt()), bad
+        if p.grad is not None:
+            squares.append(_local(p.grad.detach()).float().pow(2).sum())
+            groups.append(GROUPS.index(group_of(name)))
+            sharded.append(is_sharded(p.grad))
+    if not squares:
+        return 0.0, {}
+    values = torch.stack(squares).double().cpu().tolist()
+    whole, shards = [0.0] * len(GROUPS), [0.0] * len(GROUPS)
+    for value, group, is_shard in zip(values, groups, sharded, strict=True):
+        (shards if is_shard else whole)[group] += value
+    if procs is not None and procs.distributed and any(sharded):
+        shards = procs.sum_values(shards, torch.device("cpu"))
+    per_group = {GROUPS[g]: math.sqrt(whole[g] + shards[g]) for g in sorted(set(groups))}
+    return math.sqrt(sum(whole) + sum(shards)), per_group
 
 
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, norm: float) -> None:
@@ -365,6 +370,8 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, norm: floa
                 if p.grad is not None:
                     p.grad.mul_(coef)
         return
+    # unsharded: torch's own rule recomputes the norm (its foreach kernels, its order of sums); kept
+    # so that a run's rounding, and the demo's figures, do not move with this refactor
     torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
@@ -422,7 +429,8 @@ def train_step(
     grads = [p.grad for _, p in named if p.grad is not None and not is_sharded(p.grad)]
     procs.sum_(grads)  # a sharded (FSDP) gradient was reduce-scattered, summed, in backward
     lm_value, con_value = procs.sum_values([float(lm_total), float(con_total)], device)
-    norm, bad = gradient_norm(named, procs)
+    norm, group_norms = gradient_norm(named, procs)
+    bad = [g for g, v in group_norms.items() if not math.isfinite(v)]
     if bad:
         raise TrainingHalted(
             f"stage {stage.name}: non-finite gradient at step {step} in group {', '.join(bad)}; lower "
@@ -447,6 +455,7 @@ def train_step(
         images=len(batch.images),
         data_s=data_s,
         compute_s=compute_s,
+        group_norms=group_norms,
     )
 
 
@@ -459,12 +468,12 @@ class VanishingGuard:
         self.steps = stage.guards.floor_steps
         self.run = 0
 
-    def check(self, step: int, norm: float | None, named: list[tuple[str, torch.nn.Parameter]]) -> None:
+    def check(self, step: int, norm: float | None, groups: dict[str, float]) -> None:
+        """`norm` and `groups` (each group's norm) as train_step's StepResult gives them."""
         if self.floor is None or norm is None:
             return
         self.run = self.run + 1 if norm < self.floor else 0
         if self.run >= self.steps:
-            groups = _group_norms(named)
             largest = max(groups, key=groups.get) if groups else "none"
             raise TrainingHalted(
                 f"stage {self.stage.name}: gradient norm under {self.floor:g} for {self.steps} steps "
@@ -478,17 +487,6 @@ class VanishingGuard:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.run = int(state.get("run", 0))
-
-
-def _group_norms(named: list[tuple[str, torch.nn.Parameter]]) -> dict[str, float]:
-    from model.trainable import group_of
-
-    sums: dict[str, float] = {}
-    for name, p in named:
-        if p.grad is not None:
-            g = group_of(name)
-            sums[g] = sums.get(g, 0.0) + float(_local(p.grad.detach()).float().pow(2).sum())
-    return {g: v**0.5 for g, v in sums.items()}
 
 
 @contextlib.contextmanager

@@ -310,14 +310,14 @@ def _train(
                     step=step + 1,
                     timer=time.perf_counter,
                 )
-                guard.check(step + 1, result.grad_norm, named)
+                guard.check(step + 1, result.grad_norm, result.group_norms)
                 losses.append(result.loss)
                 if bar is not None:
                     bar.update(step + 1, result.loss, result.tokens / max(time.perf_counter() - t0, 1e-9))
                 meter.add(
                     tokens=result.tokens,
                     samples=result.samples,
-                    data_s=result.data_s + (time.perf_counter() - t0 - result.data_s - result.compute_s),
+                    data_s=time.perf_counter() - t0 - result.compute_s,  # batch building and pixel loading
                     compute_s=result.compute_s,
                     flops=flops.step(
                         rows=result.rows,
