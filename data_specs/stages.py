@@ -234,6 +234,30 @@ class Contrastive(SpecModel):
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (EIM: 0.07).")
 
 
+class Loader(SpecModel):
+    """How the stage's images reach the model: worker processes, lookahead, and a bounded cache.
+    None of it changes which batches a stage sees (resumes may change it)."""
+
+    workers: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description=(
+            "DataLoader worker processes that decode and preprocess images (or read cached features) "
+            "while the model computes; 0 = in the training process. About 4 per GPU at 448 px."
+        ),
+    )
+    prefetch: int = Field(2, ge=1, le=64, description="Batches each worker prepares ahead of the step.")
+    image_cache_mb: int = Field(
+        256,
+        ge=0,
+        description=(
+            "Preprocessed images kept in memory per worker (least recently used out first); 0 = none. "
+            "A 224 px image is 0.6 MB in float32, a 448 px one 2.4 MB."
+        ),
+    )
+
+
 class StageSpec(SpecModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Stage name, e.g. stage4_multitask.")
     description: str = ""
@@ -279,6 +303,25 @@ class StageSpec(SpecModel):
         ),
     )
     compile: bool = Field(False, description="torch.compile the language model (slower start, faster steps).")
+    attention: Literal["auto", "dense", "block_sparse"] = Field(
+        "auto",
+        description=(
+            "Attention over packed rows. dense: an explicit [L, L] block-diagonal mask (any device, "
+            "any kernel). block_sparse: FlexAttention with a block mask built from the samples' "
+            "boundaries, skipping the blocks between samples (CUDA). auto: block_sparse on CUDA when "
+            "this torch has FlexAttention, dense elsewhere. Both compute the same logits."
+        ),
+    )
+    frozen_features: Literal["auto", "off", "require"] = Field(
+        "auto",
+        description=(
+            "Read cached vision-tower + Q-Former outputs instead of pixels when both towers are frozen "
+            "in this stage. auto: use a source's feature cache made for the preset, this image size "
+            "and exactly these tower weights; any other cache is refused with a line saying why, and "
+            "pixels are used. require: stop when a source has no matching cache. off: always pixels."
+        ),
+    )
+    loader: Loader = Field(default_factory=Loader)
     guards: Guards = Field(default_factory=Guards)
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations: less memory, ~30% slower."

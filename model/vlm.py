@@ -17,6 +17,7 @@ from torch import nn
 from .generation import generate_tokens
 from .language import build_language_model, embedding_rows, prepare_language_model
 from .lora import DEFAULT_LORA, LoraSettings
+from .attention import packed_block_mask
 from .packing import (
     packed_attention_mask,
     padded_positions,
@@ -76,6 +77,7 @@ class VisionLanguageModel(nn.Module):
         self.projection = ImageProjection(preset.qformer_hidden, preset.projection_hidden, preset.lm_hidden)
         self.language_model = prepare_language_model(lm, lora)
         self.vocab_size = embedding_rows(self.language_model)
+        self.block_sparse = False  # packed rows through FlexAttention block masks (set_packed_attention)
 
     @classmethod
     def from_preset(
@@ -103,23 +105,42 @@ class VisionLanguageModel(nn.Module):
     def image_tokens_per_image(self) -> int:
         return self.qformer.num_queries
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N,3,H,W] -> [N, Q, lm_hidden]."""
+    def query_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] -> the Q-Former's query outputs [N, Q, qformer_hidden]: what a feature cache
+        stores (tasks/ingest/features.py), and all the frozen towers contribute."""
         # a frozen tower runs without building a graph: nothing before it trains
         frozen_vision = not any(p.requires_grad for p in self.vision.parameters())
         with torch.no_grad() if frozen_vision else contextlib.nullcontext():
             vision_states = self.vision(pixel_values)
         frozen_qformer = frozen_vision and not any(p.requires_grad for p in self.qformer.parameters())
         with torch.no_grad() if frozen_qformer else contextlib.nullcontext():
-            queries = self.qformer(vision_states)
-        return self.projection(queries)
+            return self.qformer(vision_states)
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with every `<image>` position replaced by image embeddings, row-major."""
+    def encode_images(
+        self, pixel_values: torch.Tensor | None = None, *, image_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[N,3,H,W] pixels, or [N, Q, qformer_hidden] cached query features -> [N, Q, lm_hidden]."""
+        if image_features is None:
+            image_features = self.query_features(pixel_values)
+        weight = self.projection.proj_in.weight
+        return self.projection(image_features.to(weight.device, weight.dtype))
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        *,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with every `<image>` position replaced by image embeddings, row-major.
+        Images come as pixels or as cached query features (`image_features`), not both."""
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("pass pixel_values or image_features, not both")
         embeds = self.language_model.get_input_embeddings()(input_ids)
         is_image = input_ids == self.image_token_id
         slots = int(is_image.sum())
-        images = 0 if pixel_values is None else pixel_values.shape[0]
+        given = pixel_values if image_features is None else image_features
+        images = 0 if given is None else given.shape[0]
         needed = images * self.image_tokens_per_image
         if slots != needed:
             raise ValueError(
@@ -129,7 +150,7 @@ class VisionLanguageModel(nn.Module):
             )
         if images == 0:
             return embeds
-        image_embeds = self.encode_images(pixel_values).to(embeds.dtype)
+        image_embeds = self.encode_images(pixel_values, image_features=image_features).to(embeds.dtype)
         # masked_scatter fills positions in row-major order and keeps the graph for both sources.
         return embeds.masked_scatter(is_image[..., None], image_embeds.reshape(-1, embeds.shape[-1]))
 
@@ -143,11 +164,13 @@ class VisionLanguageModel(nn.Module):
         segment_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_embeds: bool = False,
+        image_features: torch.Tensor | None = None,
     ) -> VisionLanguageOutput:
         """Logits for every position; with `labels` (aligned to input_ids, -100 = ignore), the mean
         next-token cross-entropy. With `segment_ids` (packed rows: 0 = pad, k = k-th sample) each
         sample attends only to itself, positions restart per sample and the attention_mask is ignored.
-        `return_embeds` keeps the LM's input embeddings on the output (for auxiliary losses)."""
+        `return_embeds` keeps the LM's input embeddings on the output (for auxiliary losses).
+        `image_features` replaces `pixel_values` with cached Q-Former outputs (frozen towers)."""
         for name, other in (
             ("attention_mask", attention_mask),
             ("segment_ids", segment_ids),
@@ -155,10 +178,13 @@ class VisionLanguageModel(nn.Module):
         ):
             if other is not None and other.shape != input_ids.shape:
                 raise ValueError(f"{name} has shape {tuple(other.shape)}, input_ids {tuple(input_ids.shape)}")
-        embeds = self.embed_inputs(input_ids, pixel_values)
+        embeds = self.embed_inputs(input_ids, pixel_values, image_features=image_features)
         if segment_ids is not None:
             segment_ids = segment_ids.to(embeds.device)
-            mask = packed_attention_mask(segment_ids, embeds.dtype)
+            if self.block_sparse:
+                mask = packed_block_mask(segment_ids)
+            else:
+                mask = packed_attention_mask(segment_ids, embeds.dtype)
             positions = segment_positions(segment_ids)
         elif attention_mask is not None and not bool(attention_mask.all()):
             mask = padded_prompt_mask(attention_mask.to(embeds.device), embeds.dtype)
@@ -204,6 +230,30 @@ class VisionLanguageModel(nn.Module):
         )
 
     # ---------------------------------------------------------------------------------- utility
+
+    def set_packed_attention(self, mode: str) -> None:
+        """ "dense": packed rows through an explicit [L, L] mask (any kernel, any device).
+        "block_sparse": through a FlexAttention block mask (model/attention.py); other inputs
+        (padded prompts, generation) keep SDPA either way. Both give the same logits."""
+        from . import attention
+
+        if mode not in ("dense", "block_sparse"):
+            raise ValueError(f"packed attention {mode!r}: choose dense or block_sparse")
+        if mode == "block_sparse":
+            if not attention.flex_available():
+                raise RuntimeError("block_sparse attention needs torch's FlexAttention (torch >= 2.5)")
+            attention.register()
+            self._dense_attention = self.language_model.config._attn_implementation
+            self._set_lm_attention(attention.PACKED_ATTENTION)
+        elif self.block_sparse:
+            self._set_lm_attention(getattr(self, "_dense_attention", "sdpa"))
+        self.block_sparse = mode == "block_sparse"
+
+    def _set_lm_attention(self, name: str) -> None:
+        for module in self.language_model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation"):
+                config._attn_implementation = name
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute LM layers and vision blocks in backward (non-reentrant: frozen inputs are fine)."""

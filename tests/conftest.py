@@ -3,7 +3,7 @@ the ingest itself is tested against a real img2dataset download in tests/ingest)
 
 import pytest
 
-from tasks.data import stage_data
+from tasks.data import records
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +18,8 @@ def shapes_source(shapes_records):
     """A fake data dir name whose records are served from memory to build_pools."""
     train = [r for r in shapes_records if r["split"] == "train"]
     heldout = [r for r in shapes_records if r["split"] == "heldout"]
-    stage_data._RECORD_CACHE[("mem-shapes", "train")] = train
-    stage_data._RECORD_CACHE[("mem-shapes", "heldout")] = heldout
+    records.MEMORY_SOURCES[("mem-shapes", "train")] = train
+    records.MEMORY_SOURCES[("mem-shapes", "heldout")] = heldout
     yield {"shapes_world": "mem-shapes"}
-    stage_data._RECORD_CACHE.pop(("mem-shapes", "train"), None)
-    stage_data._RECORD_CACHE.pop(("mem-shapes", "heldout"), None)
+    records.MEMORY_SOURCES.pop(("mem-shapes", "train"), None)
+    records.MEMORY_SOURCES.pop(("mem-shapes", "heldout"), None)

@@ -4,17 +4,64 @@
 share rounded by carried-over remainders, shuffled within the block, so realized shares track the
 spec to within a sample at every block boundary. 'batches' reproduces the original code: one
 dataset chosen per draw with probability = weight, contributing `batch_size` examples.
-Each dataset is walked in a fresh seeded permutation per epoch. Under data parallelism rank r
+Each dataset is walked in a fresh seeded permutation per epoch, computed index by index (a
+Feistel network over the dataset's size), so the sampler's memory does not grow with the
+dataset: a LAION-sized pool costs what a shapes-world pool does. Under data parallelism rank r
 keeps draws r, r+W, r+2W, ... of the one global stream, so ranks never share a sample.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
 
 BLOCK = 256  # draws per stratified block: small enough to keep local shares exact
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a fast, well-spread 64-bit hash of an integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class Permutation:
+    """A seeded pseudo-random permutation of range(size), evaluated one index at a time in O(1)
+    memory: a 4-round balanced Feistel network on the smallest even number of bits covering `size`,
+    cycle-walked back into range (fewer than 4 rounds trips on average)."""
+
+    ROUNDS = 4
+
+    def __init__(self, size: int, key: str):
+        if size <= 0:
+            raise ValueError("a permutation needs a positive size")
+        self.size = size
+        bits = max(2, (size - 1).bit_length())
+        bits += bits % 2
+        self.half = bits // 2
+        self.mask = (1 << self.half) - 1
+        digest = hashlib.sha256(key.encode()).digest()
+        self.keys = [int.from_bytes(digest[8 * r : 8 * r + 8], "little") for r in range(self.ROUNDS)]
+
+    def _once(self, x: int) -> int:
+        left, right = x >> self.half, x & self.mask
+        for k in self.keys:
+            left, right = right, left ^ (_mix(right ^ k) & self.mask)
+        return (left << self.half) | right
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        x = self._once(i)
+        while x >= self.size:
+            x = self._once(x)
+        return x
 
 
 @dataclass(frozen=True)
@@ -63,7 +110,7 @@ class MixtureSampler:
         self._alloc = [0] * len(sizes)  # per-dataset draws before block _b (blocks build on it)
         self._alloc_next: list[int] = []
         self._cursor = [0] * len(sizes)  # examples taken from each dataset so far (global)
-        self._perm_cache: dict[tuple[int, int], list[int]] = {}
+        self._perms: dict[int, tuple[int, Permutation]] = {}  # dataset -> (epoch, its permutation)
         self._block_cache: tuple[int, list[int]] | None = None
 
     # -- the global, rank-independent stream of dataset choices ------------------------------
@@ -95,13 +142,10 @@ class MixtureSampler:
     def _example(self, dataset: int) -> int:
         size = self.sizes[dataset]
         epoch, pos = divmod(self._cursor[dataset], size)
-        key = (dataset, epoch)
-        perm = self._perm_cache.get(key)
-        if perm is None:
-            perm = list(range(size))
-            random.Random(f"{self.seed}:perm:{dataset}:{epoch}").shuffle(perm)
-            self._perm_cache = {k: v for k, v in self._perm_cache.items() if k[0] != dataset}
-            self._perm_cache[key] = perm
+        held = self._perms.get(dataset)
+        if held is None or held[0] != epoch:
+            held = self._perms[dataset] = (epoch, Permutation(size, f"{self.seed}:perm:{dataset}:{epoch}"))
+        perm = held[1]
         self._cursor[dataset] += 1
         return perm[pos]
 

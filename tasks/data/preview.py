@@ -105,7 +105,7 @@ def preview_stage(
             {
                 "name": pool.spec.name,
                 "task": pool.spec.task,
-                "examples": len(pool.examples),
+                "examples": len(pool),
                 "spec_share": spec_share,
                 "realized_share": counts[i] / drawn,
                 "mean_tokens": sum(lens) / len(lens),

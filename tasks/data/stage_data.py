@@ -1,19 +1,31 @@
 """A stage's training data: example pools per mixture dataset, the seeded mixture stream, rendering
-through the template registry, encoding and packing into batches with pixels.
+through the template registry, encoding and packing into batches, and the loader that brings each
+batch's images (pixels, or cached frozen features) from worker processes.
 
-Pools come from ingested shards (`source:` datasets) or from official annotation files
-(`format:` datasets). The whole iterator state (mixture position plus samples waiting in the
-packer) is a small dict, saved in every checkpoint so a killed stage resumes the same stream.
+Memory stays bounded whatever a source's size: an ingested source is read through its on-disk,
+memory-mapped index (tasks/data/records.py), an example is rendered from its record when it is
+drawn, and preprocessed images live in a least-recently-used cache of fixed size. Only datasets
+read from annotation files (`format:`) hold their examples as a list; those files are the
+instruction sets of stages 3-4, not web-scale pairs.
+
+The token side of every batch (mixture position, rendering, tokenising, packing) is computed in
+the training process, in order, so it is exact and resumable: the whole iterator state is a small
+dict saved in every checkpoint. Only the images, a pure function of the batch, are loaded by
+DataLoader workers ahead of the step.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from data_specs.stages import MixtureDataset, StageSpec
@@ -21,24 +33,10 @@ from model.tokenizer import pad_token_id
 from tasks.data.examples import TaskExample, Turn
 from tasks.data.mixture import MixtureSampler, SampleRef
 from tasks.data.packing import Batch, EncodedSample, Packer, encode_segments
+from tasks.data.records import SourceRecords
 from tasks.data.templates import render
 
-
-@dataclass
-class ExamplePool:
-    """The examples of one mixture dataset and a way to turn their image references into pixels."""
-
-    spec: MixtureDataset
-    examples: list[TaskExample]
-    load_image: Callable[[str], Any]  # image reference -> PIL.Image
-    _pixels: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def pixels(self, ref: str, preprocess) -> torch.Tensor:
-        cached = self._pixels.get(ref)
-        if cached is None:
-            cached = preprocess([self.load_image(ref)])[0]
-            self._pixels[ref] = cached
-        return cached
+TABLE_VERSION = 1
 
 
 def examples_from_record(record: dict, task: str, rng: random.Random, dataset: str) -> list[TaskExample]:
@@ -57,43 +55,175 @@ def examples_from_record(record: dict, task: str, rng: random.Random, dataset: s
     return [TaskExample(task, [Turn(None, record["caption"])], image=record["key"], dataset=dataset)]
 
 
-_RECORD_CACHE: dict[tuple[str, str | None], list[dict]] = {}
+class SourcePool:
+    """The examples of one mixture dataset read from an ingested source, rendered on demand.
+
+    A web pair gives one example per record. A record with ground truth (the shapes world) may give
+    several examples of a task, or none; a table of (record, example number) pairs, made in one pass
+    over the records' metadata and kept memory-mapped beside the index, addresses them. Each
+    record's examples are drawn from a generator seeded by the stage seed, the dataset and the
+    record's key, so example i is the same whenever it is asked for.
+    """
+
+    def __init__(self, spec: MixtureDataset, records: SourceRecords, seed: int):
+        self.spec, self.records, self.seed = spec, records, seed
+        self.table: np.ndarray | None = None
+        if records.annotated:
+            self.table = self._table()
+        elif len(records):
+            examples_from_record(records.meta(0), spec.task, random.Random(0), spec.name)  # fails early
+        self._size = len(self.table) if self.table is not None else len(records)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _rng(self, key: str) -> random.Random:
+        return random.Random(f"{self.seed}:{self.spec.name}:{key}")
+
+    def _record_examples(self, number: int) -> list[TaskExample]:
+        meta = self.records.meta(number)
+        return examples_from_record(meta, self.spec.task, self._rng(meta["key"]), self.spec.name)
+
+    def _table(self) -> np.ndarray:
+        ident = f"v{TABLE_VERSION}:{self.records.digest}:{self.records.split}:{self.spec.name}:{self.spec.task}:{self.seed}"
+        name = hashlib.sha256(ident.encode()).hexdigest()[:20]
+        folder = getattr(self.records, "folder", None)
+        path = folder / "tables" / f"{name}.npy" if folder is not None else None
+        if path is not None and path.is_file():
+            return np.load(path, mmap_mode="r")
+        pairs: list[int] = []
+        for number in range(len(self.records)):
+            for sub in range(len(self._record_examples(number))):
+                pairs += (number, sub)
+        table = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if path is None:
+            return table
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, table)
+            os.replace(tmp, path)
+        except OSError:  # a read-only source: the table stays in memory for this stage
+            return table
+        return np.load(path, mmap_mode="r")
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if self.table is None:
+            return i, 0
+        number, sub = self.table[i]
+        return int(number), int(sub)
+
+    def example(self, i: int) -> TaskExample:
+        number, sub = self._locate(i)
+        return self._record_examples(number)[sub]
+
+    def image_ref(self, i: int) -> int:
+        return self._locate(i)[0]
+
+    def load_image(self, ref: int):
+        return self.records.image(ref)
 
 
-def _records(data_dir: Path, split: str | None) -> list[dict]:
-    """Read (once per process) the records of an ingested source; small sources only."""
-    from tasks.ingest import read_records
+class ListPool:
+    """The examples of an annotation-file dataset (`format:`), images read from `image_root`."""
 
-    key = (str(data_dir), split)
-    if key not in _RECORD_CACHE:
-        _RECORD_CACHE[key] = list(read_records(data_dir, split=split))
-    return _RECORD_CACHE[key]
+    def __init__(self, spec: MixtureDataset, examples: list[TaskExample], root: Path):
+        self.spec, self.examples, self.root = spec, examples, root
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def example(self, i: int) -> TaskExample:
+        return self.examples[i]
+
+    def image_ref(self, i: int) -> str:
+        return str(self.examples[i].image)
+
+    def load_image(self, ref: str):
+        from PIL import Image
+
+        return Image.open(self.root / ref).convert("RGB")
 
 
-def build_pools(stage: StageSpec, data_dirs: dict[str, str | Path]) -> list[ExamplePool]:
+ExamplePool = SourcePool | ListPool
+
+
+def build_pools(stage: StageSpec, data_dirs: dict[str, str | Path], log=None) -> list[ExamplePool]:
     pools: list[ExamplePool] = []
     for ds in stage.mixture.datasets:
-        rng = random.Random(f"{stage.seed}:{ds.name}")
         if ds.source is not None:
-            records = _records(Path(data_dirs[ds.source]), ds.split or "train")
-            images = {r["key"]: r["image"] for r in records}
-            examples = [ex for r in records for ex in examples_from_record(r, ds.task, rng, ds.name)]
-            pools.append(ExamplePool(ds, examples, images.__getitem__))
+            records = SourceRecords(data_dirs[ds.source], ds.split or "train", log=log)
+            pools.append(SourcePool(ds, records, stage.seed))
         else:
-            from PIL import Image
-
             from tasks.data.formats import load_examples
 
             examples = list(load_examples(ds.format, ds.annotations, ds.image_root))
             for ex in examples:
                 ex.dataset = ds.name
-            root = Path(ds.image_root) if ds.image_root else Path(".")
-            pools.append(
-                ExamplePool(ds, examples, lambda ref, root=root: Image.open(root / ref).convert("RGB"))
-            )
-        if not pools[-1].examples:
+            pools.append(ListPool(ds, examples, Path(ds.image_root) if ds.image_root else Path(".")))
+        if not len(pools[-1]):
             raise ValueError(f"stage {stage.name}: dataset {ds.name} has no {ds.task} examples")
     return pools
+
+
+class LRUCache:
+    """Tensors by key, evicting the least recently used beyond `max_bytes` (0 = keep nothing)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[Any, torch.Tensor] = OrderedDict()
+
+    def get(self, key):
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes or key in self._items:
+            return
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """Image reference (pool number, pool's image ref) -> what the model takes for that image: the
+    preprocessed pixels, or, for a pool with a feature cache, the cached Q-Former outputs.
+    Used as a map-style dataset by the DataLoader's workers (each keeps its own cache)."""
+
+    def __init__(self, pools: list[ExamplePool], preprocess, *, cache_mb: int = 256, features=None):
+        self.pools, self.preprocess = pools, preprocess
+        self.features = features or {}  # pool number -> tasks.data.features.FeatureReader
+        self.cache = LRUCache(cache_mb * 2**20)
+
+    def __getitem__(self, ref: tuple[int, Any]) -> torch.Tensor:
+        pool_no, image_ref = ref
+        reader = self.features.get(pool_no)
+        if reader is not None:
+            return reader.read(image_ref)
+        cached = self.cache.get(ref)
+        if cached is None:
+            cached = self.preprocess([self.pools[pool_no].load_image(image_ref)])[0]
+            self.cache.put(ref, cached)
+        return cached
+
+    def __len__(self) -> int:  # the refs are not a range: a batch sampler names them
+        raise TypeError("ImageSource is addressed by image reference, not by position")
+
+    @property
+    def kind(self) -> str:
+        return "features" if self.features else "pixels"
+
+
+def _stack(items: list[torch.Tensor]) -> torch.Tensor | None:
+    return torch.stack(items) if items else None
 
 
 class StageData:
@@ -112,6 +242,7 @@ class StageData:
         packing: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
+        features: dict | None = None,
     ):
         self.stage, self.pools, self.tokenizer = stage, pools, tokenizer
         self.image_token_id, self.num_query_tokens, self.preprocess = (
@@ -121,7 +252,7 @@ class StageData:
         )
         self.sampler = MixtureSampler(
             [p.spec.weight for p in pools],
-            [len(p.examples) for p in pools],
+            [len(p) for p in pools],
             seed=stage.seed,
             semantics=stage.mixture.semantics,
             batch_sizes=[p.spec.batch_size for p in pools],
@@ -136,6 +267,7 @@ class StageData:
             packing=stage.packing if packing is None else packing,
         )
         self.truncated = 0
+        self.images = ImageSource(pools, preprocess, cache_mb=stage.loader.image_cache_mb, features=features)
 
     @classmethod
     def for_model(cls, stage: StageSpec, pools: list[ExamplePool], built, **kwargs: Any) -> StageData:
@@ -151,9 +283,13 @@ class StageData:
             **kwargs,
         )
 
+    @property
+    def uses_features(self) -> bool:
+        return self.images.kind == "features"
+
     def encode(self, ref: SampleRef) -> EncodedSample:
         pool = self.pools[ref.dataset]
-        example = pool.examples[ref.example]
+        example = pool.example(ref.example)
         # the instruction choice is seeded by the draw number: a resumed stream renders the same text
         segments = render(
             example,
@@ -170,7 +306,7 @@ class StageData:
             max_len=self.stage.max_len,
         )
         self.truncated += truncated
-        image = (ref.dataset, example.image) if example.has_image else None
+        image = (ref.dataset, pool.image_ref(ref.example)) if example.has_image else None
         return EncodedSample(ids, labels, image=image, dataset=ref.dataset, ref=ref, truncated=truncated)
 
     def next_batch(self) -> tuple[Batch, torch.Tensor | None]:
@@ -179,14 +315,13 @@ class StageData:
 
     def next_tokens(self) -> Batch:
         """The next batch's tokens only: a data-parallel rank takes its rows of it (Batch.select_rows)
-        and loads the pixels of those rows alone (`pixels`)."""
+        and loads the images of those rows alone (`pixels`, or a StageLoader's workers)."""
         return self.packer.next_batch(lambda: self.encode(next(self.sampler)))
 
     def pixels(self, batch: Batch) -> torch.Tensor | None:
-        """The images of `batch`, in the row-major order of its image tokens."""
-        if not batch.images:
-            return None
-        return torch.stack([self.pools[d].pixels(ref, self.preprocess) for d, ref in batch.images])
+        """The images of `batch` (pixels, or cached features), in the row-major order of its image
+        tokens, loaded in this process."""
+        return _stack([self.images[ref] for ref in batch.images])
 
     def state_dict(self) -> dict[str, Any]:
         carry = [(r.draw, r.dataset, r.example) for r in self.packer.carry_refs()]
@@ -196,3 +331,74 @@ class StageData:
         self.sampler.load_state_dict(state["sampler"])
         self.packer.carry = [self.encode(SampleRef(*c)) for c in state["carry"]]
         self.truncated = int(state.get("truncated", 0))
+
+
+@dataclass
+class LoadedBatch:
+    batch: Batch  # the global batch (tokens)
+    images: torch.Tensor | None  # this rank's rows' images: pixels or features, row-major
+    state: dict[str, Any]  # the data state right after this batch (what a checkpoint saves)
+    wait_s: float = 0.0  # how long the training process waited for it
+
+
+class _Plan:
+    """The loader's batch sampler: walks the token stream in order and, for each batch, names the
+    images of this rank's rows; the batch itself waits in `pending` for its images to come back."""
+
+    def __init__(self, data: StageData, rows_of: Callable[[Batch], Batch]):
+        self.data, self.rows_of = data, rows_of
+        self.pending: deque[tuple[Batch, dict]] = deque()
+
+    def __iter__(self) -> Iterator[list]:
+        while True:
+            batch = self.data.next_tokens()
+            self.pending.append((batch, self.data.state_dict()))
+            yield list(self.rows_of(batch).images)
+
+
+class StageLoader:
+    """Batches with their images loaded ahead by `stage.loader.workers` processes.
+
+    The DataLoader asks the plan for `workers x prefetch` batches ahead, so the token stream runs
+    that far in front of the step; each batch carries the data state of its own position, and
+    `state_dict()` gives the state after the last batch handed out, so a checkpoint resumes exactly
+    where training was, not where the lookahead was.
+    """
+
+    def __init__(self, data: StageData, rows_of: Callable[[Batch], Batch], *, pin_memory: bool = False):
+        self.data = data
+        self._state = data.state_dict()
+        self._plan = _Plan(data, rows_of)
+        spec = data.stage.loader
+        self._loader = torch.utils.data.DataLoader(
+            data.images,
+            batch_sampler=self._plan,
+            num_workers=spec.workers,
+            prefetch_factor=spec.prefetch if spec.workers else None,
+            collate_fn=_stack,
+            pin_memory=pin_memory,
+        )
+        self._iter = None
+
+    def __iter__(self) -> StageLoader:
+        return self
+
+    def __next__(self) -> LoadedBatch:
+        import time
+
+        started = time.perf_counter()
+        if self._iter is None:
+            self._iter = iter(self._loader)
+        images = next(self._iter)
+        batch, state = self._plan.pending.popleft()
+        self._state = state
+        return LoadedBatch(batch, images, state, time.perf_counter() - started)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+    def close(self) -> None:
+        """Stop the workers (also done when the loader is garbage-collected)."""
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()

@@ -135,14 +135,14 @@ class StepFlops:
             projection_per_image=per("projection", queries),
         )
 
-    def step(self, *, rows: int, seq_len: int, images: int, lm: bool = True) -> float:
+    def step(self, *, rows: int, seq_len: int, images: int, lm: bool = True, towers: bool = True) -> float:
         """FLOPs of one step over `rows` LM rows of `seq_len` positions and `images` images;
-        `lm=False` for a step that skips the LM (a contrastive-only stage embeds tokens only)."""
+        `lm=False` for a step that skips the LM (a contrastive-only stage embeds tokens only);
+        `towers=False` when the images come as cached Q-Former outputs (the towers do not run)."""
         lm_flops = rows * seq_len * (self.lm_per_token + self.lm_attention_per_token_per_seq * seq_len)
         lm_flops = lm_flops if lm else 0.0
-        return lm_flops + images * (
-            self.vision_per_image + self.qformer_per_image + self.projection_per_image
-        )
+        tower_flops = self.vision_per_image + self.qformer_per_image if towers else 0.0
+        return lm_flops + images * (tower_flops + self.projection_per_image)
 
     def as_dict(self) -> dict[str, float]:
         return {

@@ -4,7 +4,8 @@ the model, the optimizer, one step, the guards. `tasks/train/stage.py` strings t
 One step over a global batch of `batch_size` rows:
 
     global batch (every rank packs the same one from the seeded stream; only tokens, cheap)
-      └ rank r takes rows [r x B/W, (r+1) x B/W) and loads those rows' images alone
+      └ rank r takes rows [r x B/W, (r+1) x B/W); its loader's workers load those rows' images
+        alone (pixels, or cached frozen features), ahead of the step
           └ k micro-batches of B/(W k) rows, each: forward, loss = summed CE / N, backward
     gradients summed over ranks (one all-reduce per dtype), guards, clip, optimizer step
 
@@ -149,8 +150,10 @@ class Processes:
 def prepare_model(
     model: torch.nn.Module, stage: StageSpec, device: torch.device, procs: Processes | None = None
 ) -> torch.nn.Module:
-    """Place the model on `device` once; gradient checkpointing, FSDP and torch.compile when asked."""
+    """Place the model on `device` once; packed attention, gradient checkpointing, FSDP and
+    torch.compile when asked."""
     model.to(device)
+    model.set_packed_attention(packed_attention(stage, device))
     if stage.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if stage.fsdp and procs is not None and procs.distributed:
@@ -158,6 +161,15 @@ def prepare_model(
     if stage.compile:
         model.language_model.compile()
     return model
+
+
+def packed_attention(stage: StageSpec, device: torch.device) -> str:
+    """The stage's `attention` on this device: auto is block_sparse on CUDA with FlexAttention."""
+    from model.attention import flex_available
+
+    if stage.attention != "auto":
+        return stage.attention
+    return "block_sparse" if device.type == "cuda" and flex_available() else "dense"
 
 
 def shard_language_model(model: torch.nn.Module, device: torch.device, procs: Processes) -> None:
@@ -283,6 +295,16 @@ def split_rows(batch: Batch, parts: int, index: int) -> Batch:
     return batch.select_rows(index * size, (index + 1) * size)
 
 
+def split_images(batch: Batch, images: torch.Tensor | None, parts: int, index: int) -> torch.Tensor | None:
+    """The images of split_rows(batch, parts, index), cut from `images` (all of `batch`'s, row-major)."""
+    if images is None:
+        return None
+    size = batch.rows // parts
+    start = sum(1 for r in batch.image_rows if r < index * size)
+    count = sum(1 for r in batch.image_rows if index * size <= r < (index + 1) * size)
+    return images[start : start + count] if count else None
+
+
 @dataclass
 class StepResult:
     loss: float  # the global batch's loss (the same value on every rank)
@@ -299,9 +321,11 @@ class StepResult:
 
 
 def forward_losses(
-    model, stage: StageSpec, batch: Batch, pixels, device, contrastive_fn
+    model, stage: StageSpec, batch: Batch, pixels, device, contrastive_fn, *, features: bool = False
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(summed LM cross-entropy, mean contrastive loss) of one micro-batch."""
+    """(summed LM cross-entropy, mean contrastive loss) of one micro-batch. `pixels` are the
+    micro-batch's images, or their cached Q-Former outputs when `features`."""
+    images = {"image_features": pixels} if features else {"pixel_values": pixels}
     ids = batch.input_ids.to(device, non_blocking=True)
     segs = batch.segment_ids.to(device, non_blocking=True)
     mask = batch.attention_mask.to(device, non_blocking=True)
@@ -309,15 +333,17 @@ def forward_losses(
     if stage.autoregressive:
         out = model(
             input_ids=ids,
-            pixel_values=pixels,
             segment_ids=segs,
             attention_mask=mask,
             labels=batch.labels.to(device, non_blocking=True),
             return_embeds=stage.contrastive is not None,
+            **images,
         )
         lm_sum, embeds = out.loss * out.num_label_tokens, out.inputs_embeds
     else:  # contrastive only: the LM's input embeddings are all it needs
-        embeds = model.embed_inputs(ids, pixels)
+        embeds = model.embed_inputs(
+            ids, images.get("pixel_values"), image_features=images.get("image_features")
+        )
     if stage.contrastive is not None:
         contrastive, _ = contrastive_fn(
             embeds,
@@ -381,15 +407,18 @@ def train_step(
     stage: StageSpec,
     batch: Batch,
     *,
-    load_pixels: Callable[[Batch], torch.Tensor | None],
+    images: torch.Tensor | None,
     procs: Processes,
     device: torch.device,
     named: list[tuple[str, torch.nn.Parameter]],
     contrastive_fn: Callable[..., Any] | None,
     step: int,
     timer: Callable[[], float],
+    features: bool = False,
 ) -> StepResult:
-    """One optimizer step over the global `batch` (see the module docstring)."""
+    """One optimizer step over the global `batch` (see the module docstring). `images` are those of
+    this rank's rows (split_rows(batch, world, rank)), row-major: pixels, or cached Q-Former
+    outputs when `features`."""
     k = stage.schedule.accumulation_steps
     mine = split_rows(batch, procs.world, procs.rank)
     total_labels = max(label_tokens(batch), 1)  # the same on every rank: every rank has the global batch
@@ -402,12 +431,14 @@ def train_step(
     for i in range(k):
         t0 = timer()
         micro = split_rows(mine, k, i)
-        pixels = load_pixels(micro)
+        pixels = split_images(mine, images, k, i)
         if pixels is not None:
             pixels = pixels.to(device, non_blocking=True)
         t1 = timer()
         with autocast:
-            lm_sum, con = forward_losses(model, stage, micro, pixels, device, contrastive_fn)
+            lm_sum, con = forward_losses(
+                model, stage, micro, pixels, device, contrastive_fn, features=features
+            )
         loss = torch.zeros((), device=device)
         if lm_sum is not None:
             loss = loss + lm_sum / total_labels

@@ -25,7 +25,8 @@ from data_specs.stages import StageSpec
 from model.build import build_model
 from model.losses import semantic_transform_loss
 from tasks import shapes_world, stopping
-from tasks.data.stage_data import StageData, build_pools
+from tasks.data.features import select_feature_readers
+from tasks.data.stage_data import StageData, StageLoader, build_pools
 from tasks.tracking import Tracker
 from tasks.train import recipe
 from tasks.train.flops import StepFlops, peak_flops
@@ -62,7 +63,17 @@ def finished_stage(output_dir: str | Path) -> dict[str, Any] | None:
 
 # Settings that change what is logged, how often a state is saved, or where and in how many pieces
 # the same global batch is computed: a resume may differ in them (the update is the same).
-_RESUME_NEUTRAL = ("description", "log_every", "checkpoint_every", "device", "processes", "compile")
+_RESUME_NEUTRAL = (
+    "description",
+    "log_every",
+    "checkpoint_every",
+    "device",
+    "processes",
+    "compile",
+    "attention",
+    "frozen_features",
+    "loader",
+)
 _RESUME_NEUTRAL_SCHEDULE = ("accumulation_steps",)
 
 
@@ -212,7 +223,9 @@ def _train(
     named = recipe.trainable_named(model)
 
     # -- the data: every process packs the same global stream and takes its rows of each batch
-    data = StageData.for_model(stage, build_pools(stage, data_dirs), built)
+    pools = build_pools(stage, data_dirs, log=say)
+    readers = select_feature_readers(stage, pools, model, say)
+    data = StageData.for_model(stage, pools, built, features=readers)
     sched = stage.schedule
     optimizer = recipe.make_optimizer(model, stage)
     guard = recipe.VanishingGuard(stage)
@@ -264,7 +277,7 @@ def _train(
                     "step": step,
                     "losses": losses,
                     "optimizer": optimizer_state,
-                    "data": data.state_dict(),
+                    "data": loader.state_dict(),
                     "rng": _rng_state(),
                     "guard": guard.state_dict(),
                 }
@@ -288,7 +301,12 @@ def _train(
 
     # -- the steps
     bar = ProgressBar(stage.name, sched.steps, start_step) if procs.main else None
+    # the images of this rank's rows come from loader workers, ahead of the step
+    loader = StageLoader(
+        data, lambda b: recipe.split_rows(b, procs.world, procs.rank), pin_memory=device.type == "cuda"
+    )
     with stopping.handling(), contextlib.ExitStack() as cleanup:  # SIGINT/SIGTERM: stop at a step, saved
+        cleanup.callback(loader.close)
         if bar is not None:
             cleanup.callback(bar.close)
         for step in range(start_step, end_step):
@@ -296,13 +314,15 @@ def _train(
                 lr = sched.lr_at(step)
                 recipe.set_lr(optimizer, lr)
                 t0 = time.perf_counter()
-                batch = data.next_tokens()
+                loaded = next(loader)
+                batch = loaded.batch
                 result = recipe.train_step(
                     model,
                     optimizer,
                     stage,
                     batch,
-                    load_pixels=data.pixels,
+                    images=loaded.images,
+                    features=data.uses_features,
                     procs=procs,
                     device=device,
                     named=named,
@@ -324,6 +344,7 @@ def _train(
                         seq_len=batch.input_ids.shape[1],
                         images=result.images,
                         lm=stage.autoregressive,
+                        towers=not data.uses_features,
                     ),
                 )
                 if (step + 1) % stage.log_every == 0 or step + 1 == end_step:

@@ -79,12 +79,12 @@ HELPER = """
 from pathlib import Path
 from data_specs.pipelines import ModelSpec
 from data_specs.stages import load_stage_spec
-from tasks.data import stage_data
+from tasks.data import records as data_records
 from tasks.shapes_world import in_memory_records
 
 def setup():
     records = in_memory_records(80, 0, seed=3)
-    stage_data._RECORD_CACHE[("mem", "train")] = records
+    data_records.MEMORY_SOURCES[("mem", "train")] = records
     stage = load_stage_spec(Path({specs!r}) / "stage4_multitask.yaml")
     stage.schedule.steps, stage.schedule.batch_size, stage.schedule.warmup_steps = 40, 2, 1
     stage.log_every = 1

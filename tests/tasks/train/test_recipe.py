@@ -129,6 +129,7 @@ def test_a_non_finite_gradient_names_its_group_and_step(tmp_path, shapes_source)
     lora = next(p for n, p in named if "lora_B" in n)
     lora.register_hook(lambda g: g * float("inf"))  # the loss stays finite; one group's gradient does not
     data = StageData.for_model(stage, build_pools(stage, shapes_source), built)
+    batch = data.next_tokens()
     with pytest.raises(
         recipe.TrainingHalted, match=r"non-finite gradient at step 7 in group lora;"
     ) as caught:
@@ -136,8 +137,8 @@ def test_a_non_finite_gradient_names_its_group_and_step(tmp_path, shapes_source)
             model,
             recipe.make_optimizer(model, stage),
             stage,
-            data.next_tokens(),
-            load_pixels=data.pixels,
+            batch,
+            images=data.pixels(batch),
             procs=recipe.Processes(),
             device=torch.device("cpu"),
             named=named,
