@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import packed_block_mask
 from .generation import generate_tokens
 from .language import build_language_model, embedding_rows, prepare_language_model
 from .lora import DEFAULT_LORA, LoraSettings
-from .attention import packed_block_mask
 from .packing import (
     packed_attention_mask,
     padded_positions,
