@@ -308,8 +308,9 @@ class StageSpec(SpecModel):
         description=(
             "Attention over packed rows. dense: an explicit [L, L] block-diagonal mask (any device, "
             "any kernel). block_sparse: FlexAttention with a block mask built from the samples' "
-            "boundaries, skipping the blocks between samples (CUDA). auto: block_sparse on CUDA when "
-            "this torch has FlexAttention, dense elsewhere. Both compute the same logits."
+            "boundaries, skipping the blocks between samples; trains on CUDA only (no CPU backward). "
+            "auto: block_sparse on CUDA when this torch has FlexAttention, dense elsewhere. Both "
+            "compute the same logits."
         ),
     )
     frozen_features: Literal["auto", "off", "require"] = Field(

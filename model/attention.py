@@ -5,8 +5,9 @@ masking an [L, L] matrix.
 The language model is switched to an attention function registered with transformers under
 PACKED_ATTENTION: a BlockMask goes to FlexAttention, anything else (a dense 4-D mask, or none) to
 SDPA exactly as before, so generation and padded prompts are unchanged. FlexAttention is compiled
-on CUDA (its fast path); elsewhere it runs eagerly, which is exact but materialises the scores, so
-`attention: auto` picks it on CUDA only.
+on CUDA (its fast path). On the CPU it runs eagerly, forward only (torch has no CPU backward for it):
+exact, but it materialises the scores, so `attention: auto` picks it on CUDA only and a training
+stage refuses it elsewhere.
 """
 
 from __future__ import annotations

@@ -167,6 +167,11 @@ def packed_attention(stage: StageSpec, device: torch.device) -> str:
     """The stage's `attention` on this device: auto is block_sparse on CUDA with FlexAttention."""
     from model.attention import flex_available
 
+    if stage.attention == "block_sparse" and device.type != "cuda":
+        raise ValueError(
+            f"stage {stage.name}: attention: block_sparse trains on CUDA only (FlexAttention has no "
+            "backward on the CPU); use attention: auto or dense"
+        )
     if stage.attention != "auto":
         return stage.attention
     return "block_sparse" if device.type == "cuda" and flex_available() else "dense"
