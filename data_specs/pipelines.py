@@ -37,6 +37,14 @@ class ModelSpec(SpecModel):
     pretrained: bool = Field(False, description="Load the preset's published weights (needs the hub).")
     lora: LoraSpec = LoraSpec()
     seed: Seed = Field(0, description="Seed of the random initialisation (pretrained: false).")
+    projection_init: Path | None = Field(
+        None,
+        description=(
+            "MiniGPT-4 checkpoint (.pth, or .safetensors) whose llama_proj (768 -> 4096) starts the "
+            "first projection, as TinyGPT-V's stage 1 does; relative to the pipeline spec. Read once, "
+            "when the first stage builds the model; the projection is then in every checkpoint."
+        ),
+    )
 
 
 class EvaluationSpec(SpecModel):
@@ -158,16 +166,25 @@ def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> N
         )
 
 
-def load_pipeline(path: str | Path) -> ResolvedPipeline:
+def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipeline:
+    """Load and cross-check a pipeline and every spec it names. `check_files=False` checks
+    everything but the presence of the data and weight files (URL lists, annotations, image
+    folders, projection_init): a spec for another machine validates on this one."""
     path = Path(path).resolve()
     spec = load_spec(PipelineSpec, path)
+    init = spec.model.projection_init
+    if init is not None and not init.is_absolute():
+        spec.model.projection_init = init = (path.parent / init).resolve()
+    if check_files and init is not None and not init.is_file():
+        raise SpecError(path, "model.projection_init", f"no such file {init}")
     sources: dict[str, SourceSpec] = {}
     source_paths: dict[str, Path] = {}
     for i, src_path in enumerate(spec.sources):
         if not src_path.is_file():
             raise SpecError(path, f"sources[{i}]", f"no such source spec {src_path}")
         src = load_source_spec(src_path)
-        check_source_files(src, src_path)
+        if check_files:
+            check_source_files(src, src_path)
         if src.name in sources:
             raise SpecError(path, f"sources[{i}]", f"source name {src.name!r} appears twice")
         sources[src.name], source_paths[src.name] = src, src_path
@@ -176,7 +193,8 @@ def load_pipeline(path: str | Path) -> ResolvedPipeline:
         if not stage_path.is_file():
             raise SpecError(path, f"stages[{i}]", f"no such stage spec {stage_path}")
         stage = load_stage_spec(stage_path)
-        check_stage_files(stage, stage_path)
+        if check_files:
+            check_stage_files(stage, stage_path)
         _check_stage_fits_model(stage, stage_path, spec.model)
         for j, ds in enumerate(stage.mixture.datasets):
             if ds.source is not None and ds.source not in sources:

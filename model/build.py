@@ -34,6 +34,7 @@ class ModelChoice(Protocol):
     pretrained: bool
     seed: int
     lora: LoraChoice | None
+    # optional: projection_init (a MiniGPT-4 checkpoint for the first projection), read with getattr
 
 
 @dataclass
@@ -83,4 +84,10 @@ def build_model(
         info = load_checkpoint(init_checkpoint, model)
         groups = list(info.groups)
         log(f"loaded {len(groups)} group(s) from {init_checkpoint}: {', '.join(groups)}")
+    elif getattr(choice, "projection_init", None) is not None:
+        from .projection import load_minigpt4_projection
+
+        load_minigpt4_projection(model.projection, choice.projection_init)
+        groups = ["projection"]  # differs from the base model from now on: every checkpoint keeps it
+        log(f"first projection initialised from {choice.projection_init} (MiniGPT-4 llama_proj)")
     return BuiltModel(model, tokenizer, preset, ImagePreprocessor.from_preset(preset)), groups

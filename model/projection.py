@@ -29,7 +29,8 @@ class ImageProjection(nn.Module):
 def load_minigpt4_projection(projection: ImageProjection, path: str | Path) -> None:
     """Copy MiniGPT-4's `llama_proj` (768->4096) into `proj_in`, as TinyGPT-V's stage 1 starts from it.
 
-    No stage calls it yet: the real recipe's pipeline specs wire it in (the data-at-scale issue).
+    A pipeline spec's `model.projection_init` names the file; model.build.build_model calls this
+    when the first stage builds the model.
 
     Accepts a MiniGPT-4 `.pth` (a dict with "model") or a flat state dict / safetensors file.
     """

@@ -64,7 +64,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     home = vlmpipe_home(args.home)
     resume = args.resume is not None
-    summary = _run_pipeline(Path(args.pipeline_spec), home, args.resume if resume else args.run_name, resume)
+    spec = Path(args.pipeline_spec)
+    if getattr(args, "smoke", False):
+        from data_specs.pipelines import load_pipeline
+        from data_specs.smoke import write_smoke_specs
+
+        rp = load_pipeline(spec, check_files=False)  # the real data need not be on this machine
+        spec = write_smoke_specs(
+            rp, home / "smoke" / rp.spec.name, steps=args.smoke_steps, preset=args.smoke_preset
+        )
+        print(f"smoke override of {rp.path.name}: specs written to {spec.parent}")
+    summary = _run_pipeline(spec, home, args.resume if resume else args.run_name, resume)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -85,6 +95,18 @@ def add_parsers(sub: Any) -> None:
         p = sub.add_parser(name, help=helptext)
         if name == "run":
             p.add_argument("pipeline_spec")
+            p.add_argument(
+                "--smoke",
+                action="store_true",
+                help="run the pipeline's smoke override: its stages at toy size on the shapes world, random "
+                "weights of the preset's real sizes (data_specs/smoke.py); the data files need not exist",
+            )
+            p.add_argument(
+                "--smoke-preset", default=None, help="with --smoke: another preset (tiny runs on a CPU)"
+            )
+            p.add_argument(
+                "--smoke-steps", type=int, default=2, help="with --smoke: steps per stage (default 2)"
+            )
         add_home_option(p)
         names = p.add_mutually_exclusive_group()
         names.add_argument(

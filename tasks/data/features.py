@@ -2,8 +2,8 @@
 Q-Former, their output for an image never changes, so a stage can read it from the feature cache
 the ingest wrote (tasks/ingest/features.py) instead of running ViT-g every step.
 
-A cache is used only when it was made for the model's preset, the stage's image size and exactly
-the tower weights the stage holds (a sha256 over every tower tensor), and when every shard it
+A cache is used only when it was made at the stage's image size with exactly the tower weights
+the stage holds (a sha256 over every tower tensor), and when every shard it
 covers is still the shard the manifest names. Anything else is refused with one line saying which
 of these differs; the stage then reads pixels (`frozen_features: auto`) or stops (`require`).
 Features are used only when every image dataset of the stage has such a cache: a batch never
@@ -61,9 +61,9 @@ def tower_digest(model) -> str:
     return Towers(model.vision, model.qformer, None, model.preset.name, model.preset.image_size).digest()
 
 
-def _why_not(index: dict, preset: str, image_size: int, digest: str, manifest: dict) -> str | None:
-    if index.get("preset") != preset:
-        return f"made for preset {index.get('preset')}, the model is {preset}"
+def _why_not(index: dict, image_size: int, digest: str, manifest: dict) -> str | None:
+    # the preset's name is not compared: TinyGPT-V's presets share BLIP-2's towers, and the digest
+    # below says whether the weights are the same
     if index.get("image_size") != image_size:
         return f"made at {index.get('image_size')} px, the stage runs at {image_size} px"
     if index.get("tower_digest") != digest:
@@ -103,7 +103,7 @@ def select_feature_readers(
         if stage.frozen_features == "require":
             return refuse(f"the stage trains {' and '.join(trained)}")
         return {}
-    preset, size = model.preset.name, model.preset.image_size
+    size = model.preset.image_size
     digest: str | None = None
     readers: dict[int, FeatureReader] = {}
     for number, pool in enumerate(pools):
@@ -124,7 +124,7 @@ def select_feature_readers(
         reasons = []
         for path in caches:
             index = json.loads(path.read_text())
-            why = _why_not(index, preset, size, digest, manifest)
+            why = _why_not(index, size, digest, manifest)
             if why is None:
                 readers[number] = FeatureReader(records, path.parent)
                 break

@@ -147,11 +147,31 @@ class Processes:
 # ------------------------------------------------------------------------------------ model
 
 
+def store_frozen_in_bf16(model: torch.nn.Module, keep_groups: list[str]) -> int:
+    """Under bf16 on a GPU, keep the weights no stage has trained (the base towers and LM) in bf16:
+    half their memory, and autocast computes in bf16 anyway. Trained and trainable weights stay
+    float32 (the optimizer's and the checkpoint's precision). Returns how many were cast."""
+    from model.trainable import group_of
+
+    cast = 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad and group_of(name) not in keep_groups and param.is_floating_point():
+            param.data = param.data.to(torch.bfloat16)
+            cast += param.numel()
+    return cast
+
+
 def prepare_model(
-    model: torch.nn.Module, stage: StageSpec, device: torch.device, procs: Processes | None = None
+    model: torch.nn.Module,
+    stage: StageSpec,
+    device: torch.device,
+    procs: Processes | None = None,
+    keep_groups: list[str] | None = None,
 ) -> torch.nn.Module:
-    """Place the model on `device` once; packed attention, gradient checkpointing, FSDP and
-    torch.compile when asked."""
+    """Place the model on `device` once; packed attention, frozen base weights in bf16 (bf16 on a
+    GPU), gradient checkpointing, FSDP and torch.compile when asked."""
+    if stage.precision == "bf16" and device.type == "cuda" and keep_groups is not None:
+        store_frozen_in_bf16(model, keep_groups)
     model.to(device)
     model.set_packed_attention(packed_attention(stage, device))
     if stage.gradient_checkpointing:

@@ -211,7 +211,7 @@ def _train(
                 f"put the spec back to resume, or {start_over}"
             )
         state = info.training_state or {}
-    recipe.prepare_model(model, stage, device, procs)
+    recipe.prepare_model(model, stage, device, procs, keep_groups)
     sharded = any(recipe.is_sharded(p) for p in model.parameters())
     if sharded:
         lm_params = list(model.language_model.parameters())
