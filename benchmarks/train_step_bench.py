@@ -239,5 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     raise SystemExit(main())

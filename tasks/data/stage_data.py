@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -91,11 +92,11 @@ class SourcePool:
         path = folder / "tables" / f"{name}.npy" if folder is not None else None
         if path is not None and path.is_file():
             return np.load(path, mmap_mode="r")
-        pairs: list[int] = []
+        pairs = array("q")  # 16 bytes per example while the table is made, then on disk
         for number in range(len(self.records)):
             for sub in range(len(self._record_examples(number))):
-                pairs += (number, sub)
-        table = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+                pairs.extend((number, sub))
+        table = np.frombuffer(pairs, dtype=np.int64).reshape(-1, 2).copy()
         if path is None:
             return table
         try:
@@ -377,6 +378,10 @@ class StageLoader:
             prefetch_factor=spec.prefetch if spec.workers else None,
             collate_fn=_stack,
             pin_memory=pin_memory,
+            # its own generator: starting the iterator would otherwise draw a seed from torch's
+            # global RNG, and a resumed stage (which starts it at another step) would then draw
+            # other dropout masks than a stage never stopped
+            generator=torch.Generator().manual_seed(data.stage.seed),
         )
         self._iter = None
 

@@ -48,9 +48,13 @@ def test_demo_pipeline_resolves_sources_and_stages_in_order():
 
 @pytest.mark.parametrize("path", sorted(p for p in SPECS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_spec_validates(path):
-    proc = vlmpipe("spec", "validate", str(path))
+    # the real recipe's data and weights are not on this machine: its specs validate all but those
+    real_recipe = path.name.startswith("tinygptv") or path.parent.name == "tinygptv"
+    proc = vlmpipe("spec", "validate", *(["--skip-files"] if real_recipe else []), str(path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+    if real_recipe and path.parent.name == "pipelines":
+        assert "data files not checked (first missing: no such file /data/" in proc.stdout
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

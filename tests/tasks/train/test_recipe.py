@@ -63,7 +63,10 @@ def test_k_micro_batches_give_the_update_of_one_batch(tmp_path, shapes_source):
         assert out["loss_end"] == pytest.approx(base_out["loss_end"], rel=1e-5)
         for name in base:
             if name not in shift_invariant:
-                torch.testing.assert_close(w[name], base[name], rtol=1e-5, atol=5e-6)
+                # 1e-5 is 1% of one Adam step at lr 1e-3: rounding that Adam's normalisation scales up
+                # on a near-zero gradient, not a different update (a different batch moves weights by
+                # whole steps, as the check below shows)
+                torch.testing.assert_close(w[name], base[name], rtol=1e-5, atol=1e-5)
     # the check can fail: a batch of 2 rows takes another step
     other = train_stage(
         stage_of("stage4_multitask", 3, 2, lr=1e-3),
@@ -73,7 +76,7 @@ def test_k_micro_batches_give_the_update_of_one_batch(tmp_path, shapes_source):
         log=quiet,
     )
     assert any(
-        not torch.allclose(weights(other)[n], base[n], rtol=1e-5, atol=1e-6)
+        not torch.allclose(weights(other)[n], base[n], rtol=1e-5, atol=1e-4)
         for n in base
         if n not in shift_invariant
     )
