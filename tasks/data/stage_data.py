@@ -223,6 +223,15 @@ class ImageSource(torch.utils.data.Dataset):
         return "features" if self.features else "pixels"
 
 
+def _worker_signals(_worker_id: int) -> None:
+    """A loader worker leaves stop requests to the training process (which ends it) instead of
+    running the stage's own handlers, inherited at the fork: Ctrl-C is ignored, SIGTERM ends it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _stack(items: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.stack(items) if items else None
 
@@ -378,6 +387,7 @@ class StageLoader:
             prefetch_factor=spec.prefetch if spec.workers else None,
             collate_fn=_stack,
             pin_memory=pin_memory,
+            worker_init_fn=_worker_signals,
             # its own generator: starting the iterator would otherwise draw a seed from torch's
             # global RNG, and a resumed stage (which starts it at another step) would then draw
             # other dropout masks than a stage never stopped
@@ -406,4 +416,8 @@ class StageLoader:
         """Stop the workers (also done when the loader is garbage-collected)."""
         it, self._iter = self._iter, None
         if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+            try:
+                it._shutdown_workers()
+            except RuntimeError as exc:  # torch reports a worker's exit status while joining it:
+                if "DataLoader worker" not in str(exc):  # the data is no longer needed, so a worker
+                    raise  # that fails on its way out cannot hurt the stage; anything else can
