@@ -92,10 +92,13 @@ def select_feature_readers(
     if stage.frozen_features == "off":
         return {}
 
-    def refuse(reason: str) -> dict:
+    def refuse(reason: str, *, found: bool = True) -> dict:
+        """`found`: a cache exists but does not fit (said in auto mode too); without one, auto
+        reads pixels silently."""
         if stage.frozen_features == "require":
             raise FeatureCacheError(f"stage {stage.name}: frozen_features: require, but {reason}")
-        log(f"stage {stage.name}: reading pixels, not cached features: {reason}")
+        if found:
+            log(f"stage {stage.name}: reading pixels, not cached features: {reason}")
         return {}
 
     trained = [g for g in ("vision", "qformer") if g in stage.trainable]
@@ -115,10 +118,10 @@ def select_feature_readers(
         records = pool.records
         folder = getattr(records, "folder", None)
         if folder is None:
-            return refuse(f"dataset {name} is held in memory")
+            return refuse(f"dataset {name} is held in memory", found=False)
         caches = sorted((Path(records.data_dir) / "features").glob("*/index.json"))
         if not caches:
-            return refuse(f"source of dataset {name} ({records.data_dir}) has no feature cache")
+            return refuse(f"source of dataset {name} ({records.data_dir}) has no feature cache", found=False)
         digest = digest or tower_digest(model)
         manifest = load_manifest(records.data_dir)
         reasons = []
