@@ -293,3 +293,15 @@ def test_block_sparse_attention_is_refused_for_training_on_the_cpu(tiny):
     with pytest.raises(ValueError, match="attention: block_sparse trains on CUDA only"):
         recipe.packed_attention(stage, torch.device("cpu"))
     assert recipe.packed_attention(stage4(0), torch.device("cpu")) == "dense"
+
+
+def test_a_source_without_any_cache_reads_pixels_silently_unless_features_are_required(tiny, tmp_path):
+    out = tmp_path / "plain"
+    write_records_as_source(in_memory_records(20, 0, seed=2), out, source="shapes_world", per_shard=10)
+    stage = load_stage_spec(SPECS / "stages" / "stage1_warmup.yaml")
+    pools = build_pools(stage, {"shapes_world": out})
+    lines: list[str] = []
+    assert select_feature_readers(stage, pools, tiny.model, lines.append) == {} and lines == []
+    stage.frozen_features = "require"
+    with pytest.raises(FeatureCacheError, match="has no feature cache"):
+        select_feature_readers(stage, pools, tiny.model, lines.append)
