@@ -351,26 +351,77 @@ class LoadedBatch:
     wait_s: float = 0.0  # how long the training process waited for it
 
 
+class _TokensAhead:
+    """Makes the token batches (mixture, rendering, tokenising, packing) in a background thread,
+    `depth` batches ahead, each with the data state right after it. Only this thread touches the
+    StageData once it runs, so the stream is the one a plain loop would draw, in the same order."""
+
+    _END = object()
+
+    def __init__(self, data: StageData, depth: int):
+        import queue
+        import threading
+
+        self.data = data
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vlmpipe-tokens", daemon=True)
+        self._started = False
+
+    def _run(self) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                item = (self.data.next_tokens(), None)
+                item = (item[0], self.data.state_dict())
+            except BaseException as exc:  # handed to the training process, raised there
+                item = (self._END, exc)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if item[0] is self._END:
+                return
+
+    def get(self) -> tuple[Batch, dict]:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        batch, state = self._queue.get()
+        if batch is self._END:
+            raise state
+        return batch, state
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._started:
+            self._thread.join(timeout=10)
+
+
 class _Plan:
     """The loader's batch sampler: walks the token stream in order and, for each batch, names the
     images of this rank's rows; the batch itself waits in `pending` for its images to come back."""
 
-    def __init__(self, data: StageData, rows_of: Callable[[Batch], Batch]):
-        self.data, self.rows_of = data, rows_of
+    def __init__(self, tokens: _TokensAhead, rows_of: Callable[[Batch], Batch]):
+        self.tokens, self.rows_of = tokens, rows_of
         self.pending: deque[tuple[Batch, dict]] = deque()
 
     def __iter__(self) -> Iterator[list]:
         while True:
-            batch = self.data.next_tokens()
-            self.pending.append((batch, self.data.state_dict()))
+            batch, state = self.tokens.get()
+            self.pending.append((batch, state))
             yield list(self.rows_of(batch).images)
 
 
 class StageLoader:
     """Batches with their images loaded ahead by `stage.loader.workers` processes.
 
-    The DataLoader asks the plan for `workers x prefetch` batches ahead, so the token stream runs
-    that far in front of the step; each batch carries the data state of its own position, and
+    A thread makes the token batches two ahead of what the DataLoader asks for, and the DataLoader
+    asks the plan for `workers x prefetch` batches ahead, so the token stream runs that far in front
+    of the step; each batch carries the data state of its own position, and
     `state_dict()` gives the state after the last batch handed out, so a checkpoint resumes exactly
     where training was, not where the lookahead was.
     """
@@ -378,8 +429,9 @@ class StageLoader:
     def __init__(self, data: StageData, rows_of: Callable[[Batch], Batch], *, pin_memory: bool = False):
         self.data = data
         self._state = data.state_dict()
-        self._plan = _Plan(data, rows_of)
         spec = data.stage.loader
+        self._tokens = _TokensAhead(data, depth=2)
+        self._plan = _Plan(self._tokens, rows_of)
         self._loader = torch.utils.data.DataLoader(
             data.images,
             batch_sampler=self._plan,
@@ -413,7 +465,8 @@ class StageLoader:
         return self._state
 
     def close(self) -> None:
-        """Stop the workers (also done when the loader is garbage-collected)."""
+        """Stop the token thread and the workers (also done when the loader is garbage-collected)."""
+        self._tokens.close()
         it, self._iter = self._iter, None
         if it is not None and hasattr(it, "_shutdown_workers"):
             try:

@@ -378,7 +378,7 @@ def _train(
         "steps": sched.steps,
         "loss_start": sum(losses[:window]) / window,
         "loss_end": sum(losses[-window:]) / window,
-        "truncated_samples": data.truncated,
+        "truncated_samples": loader.state_dict()["truncated"],
         "groups": keep_groups,
         "device": str(device),
         "processes": procs.world,
@@ -388,7 +388,7 @@ def _train(
             {
                 "loss_start": summary["loss_start"],
                 "loss_end": summary["loss_end"],
-                "truncated_samples": data.truncated,
+                "truncated_samples": loader.state_dict()["truncated"],
             }
         )
     say(
