@@ -178,7 +178,7 @@ def wait(steps: int) -> None:
                 loader = StageLoader(data, lambda b: b)
                 fn = None
                 if stage.contrastive is not None:
-                    from model.losses import CONTRASTIVE_LOSSES
+                    from tasks.train.stage import CONTRASTIVE_LOSSES
 
                     fn = CONTRASTIVE_LOSSES[stage.contrastive.loss]
                 waited = total = 0.0

@@ -240,13 +240,26 @@ class Packer:
         left = free - lengths[best]
         if any(lengths[i] <= left for i in fitting if i != best):
             return [best]
-        pair, pair_len = [best], lengths[best]
-        for a in range(len(fitting)):
-            for b in range(a + 1, len(fitting)):
-                n = lengths[fitting[a]] + lengths[fitting[b]]
-                if pair_len < n <= free:
-                    pair, pair_len = [fitting[a], fitting[b]], n
-        return pair
+        # the pair with the largest total that fits, if it beats `best` alone; among equal totals
+        # the first in pool order (first member, then second), as a scan of all pairs would pick
+        sizes = sorted(lengths[i] for i in fitting)
+        top, lo, hi = 0, 0, len(sizes) - 1
+        while lo < hi:  # two pointers over the sorted lengths: the largest pair total <= free
+            total = sizes[lo] + sizes[hi]
+            if total <= free:
+                top = max(top, total)
+                lo += 1
+            else:
+                hi -= 1
+        if top <= lengths[best]:
+            return [best]
+        later: dict[int, int] = {}  # length -> first position after the current one holding it
+        for i in reversed(fitting):
+            need = top - lengths[i]
+            if need in later:
+                first_pair = [i, later[need]]
+            later[lengths[i]] = i
+        return first_pair
 
     def carry_refs(self) -> list[Any]:
         return [s.ref for s in self.carry]
