@@ -68,3 +68,32 @@ def test_piece_cache_gives_the_tokenizers_own_ids():
         assert len(packing._PIECE_CACHE[tok]) <= 3
     finally:
         packing.PIECE_CACHE_SIZE = old
+
+
+def test_the_best_fill_picks_what_a_scan_of_every_pair_picks():
+    """The pair search uses two pointers and a table; its choice must be the exhaustive scan's."""
+    import random
+
+    from tasks.data.packing import EncodedSample, Packer
+
+    def scan(lengths: list[int], free: int) -> list[int]:
+        fitting = [i for i, n in enumerate(lengths) if n <= free]
+        if not fitting:
+            return []
+        best = max(fitting, key=lambda i: (lengths[i], -i))
+        if any(lengths[i] <= free - lengths[best] for i in fitting if i != best):
+            return [best]
+        pair, pair_len = [best], lengths[best]
+        for a in range(len(fitting)):
+            for b in range(a + 1, len(fitting)):
+                n = lengths[fitting[a]] + lengths[fitting[b]]
+                if pair_len < n <= free:
+                    pair, pair_len = [fitting[a], fitting[b]], n
+        return pair
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 40))]
+        free = rng.randint(1, 130)
+        pool = [EncodedSample([0] * n, [0] * n) for n in lengths]
+        assert Packer._best_fill(pool, free) == scan(lengths, free), (lengths, free)
