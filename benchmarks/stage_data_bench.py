@@ -142,7 +142,7 @@ def memory(records: int, scale: int, batches: int) -> None:
             )
 
 
-def wait(steps: int) -> None:
+def wait(steps: int, stages: list[str]) -> None:
     import torch
 
     from data_specs.pipelines import ModelSpec
@@ -157,7 +157,7 @@ def wait(steps: int) -> None:
         source = Path(tmp) / "src"
         _write_source(source, 4000)  # the demo's size
         print(f"{'stage':<20} {'workers':>7} {'step s':>8} {'wait s':>8} {'wait share':>10}")
-        for name in DEMO_STAGES:
+        for name in stages:
             for workers in (None, 0):
                 stage = load_stage_spec(SPECS / f"{name}.yaml")
                 if workers is not None:
@@ -215,12 +215,13 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--stages", default=",".join(DEMO_STAGES), help="demo stages to time (comma-separated)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.part in ("memory", "both"):
         memory(args.records, args.scale, args.batches)
     if args.part in ("wait", "both"):
-        wait(args.steps)
+        wait(args.steps, args.stages.split(","))
     return 0
 
 

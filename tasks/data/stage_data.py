@@ -236,6 +236,23 @@ def _stack(items: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.stack(items) if items else None
 
 
+ENCODED_CACHE_SIZE = 200_000  # encodings kept for reuse (a few hundred bytes each), then cleared
+
+
+class _WatchedRandom(random.Random):
+    """A seeded generator that records whether anything was drawn from it."""
+
+    used = False
+
+    def random(self) -> float:
+        self.used = True
+        return super().random()
+
+    def getrandbits(self, k: int) -> int:
+        self.used = True
+        return super().getrandbits(k)
+
+
 class StageData:
     """Batches for one stage and one data-parallel rank."""
 
@@ -277,6 +294,7 @@ class StageData:
             packing=stage.packing if packing is None else packing,
         )
         self.truncated = 0
+        self._encoded: dict[tuple[int, int], tuple] = {}  # draw-independent encodings (encode)
         self.images = ImageSource(pools, preprocess, cache_mb=stage.loader.image_cache_mb, features=features)
 
     @classmethod
@@ -299,24 +317,36 @@ class StageData:
 
     def encode(self, ref: SampleRef) -> EncodedSample:
         pool = self.pools[ref.dataset]
-        example = pool.example(ref.example)
-        # the instruction choice is seeded by the draw number: a resumed stream renders the same text
-        segments = render(
-            example,
-            self.stage.template,
-            end_sym=self.stage.end_sym,
-            instructions=pool.spec.instructions,
-            rng=random.Random(f"{self.stage.seed}:{ref.draw}"),
-        )
-        ids, labels, truncated = encode_segments(
-            segments,
-            self.tokenizer,
-            image_token_id=self.image_token_id,
-            num_query_tokens=self.num_query_tokens if example.has_image else 0,
-            max_len=self.stage.max_len,
-        )
+        key = (ref.dataset, ref.example)
+        cached = self._encoded.get(key)
+        if cached is None:
+            example = pool.example(ref.example)
+            # the instruction choice is seeded by the draw number: a resumed stream renders the same
+            # text. A rendering that drew nothing (no instruction pool: stages 1-2) is the same at
+            # every draw, so it is kept for the example's next draw.
+            rng = _WatchedRandom(f"{self.stage.seed}:{ref.draw}")
+            segments = render(
+                example,
+                self.stage.template,
+                end_sym=self.stage.end_sym,
+                instructions=pool.spec.instructions,
+                rng=rng,
+            )
+            ids, labels, truncated = encode_segments(
+                segments,
+                self.tokenizer,
+                image_token_id=self.image_token_id,
+                num_query_tokens=self.num_query_tokens if example.has_image else 0,
+                max_len=self.stage.max_len,
+            )
+            image = (ref.dataset, pool.image_ref(ref.example)) if example.has_image else None
+            cached = (ids, labels, truncated, image)
+            if not rng.used:
+                if len(self._encoded) >= ENCODED_CACHE_SIZE:
+                    self._encoded.clear()
+                self._encoded[key] = cached
+        ids, labels, truncated, image = cached
         self.truncated += truncated
-        image = (ref.dataset, pool.image_ref(ref.example)) if example.has_image else None
         return EncodedSample(ids, labels, image=image, dataset=ref.dataset, ref=ref, truncated=truncated)
 
     def next_batch(self) -> tuple[Batch, torch.Tensor | None]:
