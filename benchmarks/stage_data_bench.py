@@ -100,12 +100,14 @@ def _measure(source: Path, batches: int) -> dict:
 
 
 BASELINE = r"""
-import resource, sys
+import sys
+import psutil
 sys.path.insert(0, {root!r})
 from tasks.ingest import read_records
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+me = psutil.Process()
+before = me.memory_info().rss / 2**20
 records = list(read_records({source!r}, split="train"))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+print(me.memory_info().rss / 2**20 - before)
 """
 
 
