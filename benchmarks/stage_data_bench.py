@@ -217,7 +217,9 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--stages", default=",".join(DEMO_STAGES), help="demo stages to time (comma-separated)")
+    parser.add_argument(
+        "--stages", default=",".join(DEMO_STAGES), help="demo stages to time (comma-separated)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.part in ("memory", "both"):
