@@ -164,8 +164,8 @@ def build_feature_cache(
 
 
 def read_feature_cache(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(sample key, features [Q, hidden]) for every cached sample, shard by shard. No stage reads the
-    cache yet: streamed stage data wires it in (the data-at-scale issue)."""
+    """(sample key, features [Q, hidden]) for every cached sample, shard by shard (for inspecting a
+    cache; a training stage reads single rows through tasks.data.features.FeatureReader)."""
     from safetensors import safe_open
 
     folder = Path(folder)
