@@ -166,6 +166,29 @@ def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> N
         )
 
 
+def missing_data_files(rp: ResolvedPipeline) -> list[str]:
+    """Every data or weight file a pipeline names that is not on this machine, one
+    `FILE: field: what is missing` line each (what `spec validate --skip-files` reports)."""
+    missing: list[str] = []
+    init = rp.spec.model.projection_init
+    if init is not None and not init.is_file():
+        missing.append(f"{rp.path}: model.projection_init: no such file {init}")
+    for name, source in rp.sources.items():
+        if source.url_list is not None and not source.url_list.exists():
+            missing.append(f"{rp.source_paths[name]}: url_list: no such file or folder {source.url_list}")
+    for stage, stage_path in zip(rp.stages, rp.stage_paths, strict=True):
+        for j, ds in enumerate(stage.mixture.datasets):
+            if ds.annotations is not None and not ds.annotations.exists():
+                missing.append(
+                    f"{stage_path}: mixture.datasets[{j}].annotations: no such file or folder {ds.annotations}"
+                )
+            if ds.image_root is not None and not ds.image_root.is_dir():
+                missing.append(
+                    f"{stage_path}: mixture.datasets[{j}].image_root: no such folder {ds.image_root}"
+                )
+    return missing
+
+
 def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipeline:
     """Load and cross-check a pipeline and every spec it names. `check_files=False` checks
     everything but the presence of the data and weight files (URL lists, annotations, image

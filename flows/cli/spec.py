@@ -16,7 +16,7 @@ def validate_one(file: str, check_files: bool = True) -> str:
     """One spec file fully checked (a pipeline with every file it names); returns the ok line.
     `check_files=False` skips the presence of data and weight files (a spec for another machine)."""
     from data_specs.loader import SpecError, parse_spec, read_yaml
-    from data_specs.pipelines import PipelineSpec, detect_kind, load_pipeline
+    from data_specs.pipelines import PipelineSpec, detect_kind, load_pipeline, missing_data_files
     from data_specs.sources import SourceSpec, check_source_files
     from data_specs.stages import StageSpec, check_stage_files
 
@@ -28,10 +28,10 @@ def validate_one(file: str, check_files: bool = True) -> str:
         rp = load_pipeline(file, check_files=check_files)
         detail = f": {len(rp.sources)} source(s), {len(rp.stages)} stage(s)"
         if not check_files:
-            try:
-                load_pipeline(file)
-            except SpecError as exc:
-                detail += f"; data files not checked (first missing: {exc.message})"
+            missing = missing_data_files(rp)
+            if missing:
+                detail += f"; {len(missing)} data file(s) not on this machine, not checked:"
+                detail += "".join(f"\n  missing  {line}" for line in missing)
     elif kind == "stage":
         stage = parse_spec(StageSpec, data, file)
         if check_files:
@@ -42,7 +42,8 @@ def validate_one(file: str, check_files: bool = True) -> str:
             check_source_files(source, file)
         except SpecError as exc:  # fine for a spec kept for another machine; a pipeline refuses it
             detail = f"; note: {exc.message} on this machine"
-    return f"ok  {file}  ({kind}{detail})"
+    head, _, rest = detail.partition("\n")
+    return f"ok  {file}  ({kind}{head})" + (f"\n{rest}" if rest else "")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -64,6 +64,13 @@ def test_the_real_recipe_validates_without_its_data_and_names_what_is_missing(na
     assert all(s.frozen_features == "auto" for s in (s1, s2))
     with pytest.raises(SpecError, match=r"model\.projection_init: no such file"):
         load_pipeline(PIPELINES / name)
+    from data_specs.pipelines import missing_data_files
+
+    missing = missing_data_files(rp)  # every one, for a user putting the data in place
+    assert (
+        len(missing) == 1 + 3 + 2 + 39
+    )  # weights, 3 URL lists, cc_sbu_align, 20 annotations + 19 image roots
+    assert any("stage4_multitask.yaml: mixture.datasets[19].image_root" in m for m in missing)
 
 
 def test_the_minigpt4_projection_file_starts_the_first_projection(tmp_path):

@@ -54,7 +54,8 @@ def test_every_shipped_spec_validates(path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
     if real_recipe and path.parent.name == "pipelines":
-        assert "data files not checked (first missing: no such file /data/" in proc.stdout
+        assert "data file(s) not on this machine, not checked:" in proc.stdout
+        assert "\n  missing  " in proc.stdout and "model.projection_init: no such file" in proc.stdout
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
