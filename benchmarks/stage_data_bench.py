@@ -30,14 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SPECS = ROOT / "data_specs" / "stages"
-DEMO_STAGES = [
-    "shapes_towers",
-    "shapes_base",
-    "stage1_warmup",
-    "stage2_pretrain",
-    "stage3_instruction",
-    "stage4_multitask",
-]
+DEMO = ROOT / "data_specs" / "pipelines" / "shapes_demo.yaml"
+
+
+def demo_stages() -> list[str]:
+    from data_specs.pipelines import load_pipeline
+
+    return [path.stem for path in load_pipeline(DEMO).stage_paths]
 
 
 def _write_source(path: Path, records: int) -> float:
@@ -218,14 +217,14 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
-        "--stages", default=",".join(DEMO_STAGES), help="demo stages to time (comma-separated)"
+        "--stages", default=None, help="stages to time (comma-separated; default: the demo pipeline's)"
     )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.part in ("memory", "both"):
         memory(args.records, args.scale, args.batches)
     if args.part in ("wait", "both"):
-        wait(args.steps, args.stages.split(","))
+        wait(args.steps, args.stages.split(",") if args.stages else demo_stages())
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.ingest.read import IMAGE_EXTS, load_manifest
+from tasks.ingest.read import IMAGE_EXTS, load_manifest, record_text
 
 INDEX_VERSION = 1
 
@@ -96,18 +96,9 @@ def build_index(data_dir: str | Path, log=None) -> Path:
                     if image_ext is None:
                         raise ValueError(f"{tar_path}: sample {key} has no image ({', '.join(IMAGE_EXTS)})")
                     meta = json.loads(_read_member(tar, members["json"])) if "json" in members else {}
-                    annotations = meta.get("annotations")
-                    if isinstance(annotations, str):
-                        annotations = json.loads(annotations)
-                    caption = meta.get("caption") or ""
-                    if "txt" in members:
-                        caption = _read_member(tar, members["txt"]).decode("utf-8")
-                    record = {
-                        "key": meta.get("source_key") or key,
-                        "caption": caption,
-                        "annotations": annotations or {},
-                        "split": meta.get("split") or "train",
-                    }
+                    txt = _read_member(tar, members["txt"]) if "txt" in members else None
+                    record = record_text(key, meta, txt)
+                    record.pop("url")
                     annotated = annotated or "shapes" in record["annotations"]
                     line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
                     meta_file.write(line)

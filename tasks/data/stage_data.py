@@ -68,6 +68,7 @@ class SourcePool:
 
     def __init__(self, spec: MixtureDataset, records: SourceRecords, seed: int):
         self.spec, self.records, self.seed = spec, records, seed
+        self.images_id = ("source", records.data_dir, records.split)  # pools sharing it share images
         self.table: np.ndarray | None = None
         if records.annotated:
             self.table = self._table()
@@ -130,6 +131,7 @@ class ListPool:
 
     def __init__(self, spec: MixtureDataset, examples: list[TaskExample], root: Path):
         self.spec, self.examples, self.root = spec, examples, root
+        self.images_id = ("files", str(root))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -151,10 +153,13 @@ ExamplePool = SourcePool | ListPool
 
 def build_pools(stage: StageSpec, data_dirs: dict[str, str | Path], log=None) -> list[ExamplePool]:
     pools: list[ExamplePool] = []
+    opened: dict[tuple[str, str], SourceRecords] = {}  # one index (and one set of open files) per split
     for ds in stage.mixture.datasets:
         if ds.source is not None:
-            records = SourceRecords(data_dirs[ds.source], ds.split or "train", log=log)
-            pools.append(SourcePool(ds, records, stage.seed))
+            where = (str(data_dirs[ds.source]), ds.split or "train")
+            if where not in opened:
+                opened[where] = SourceRecords(*where, log=log)
+            pools.append(SourcePool(ds, opened[where], stage.seed))
         else:
             from tasks.data.formats import load_examples
 
@@ -209,10 +214,12 @@ class ImageSource(torch.utils.data.Dataset):
         reader = self.features.get(pool_no)
         if reader is not None:
             return reader.read(image_ref)
-        cached = self.cache.get(ref)
+        pool = self.pools[pool_no]
+        key = (pool.images_id, image_ref)  # one entry per image, whichever of its datasets drew it
+        cached = self.cache.get(key)
         if cached is None:
-            cached = self.preprocess([self.pools[pool_no].load_image(image_ref)])[0]
-            self.cache.put(ref, cached)
+            cached = self.preprocess([pool.load_image(image_ref)])[0]
+            self.cache.put(key, cached)
         return cached
 
     def __len__(self) -> int:  # the refs are not a range: a batch sampler names them
@@ -272,11 +279,7 @@ class StageData:
         features: dict | None = None,
     ):
         self.stage, self.pools, self.tokenizer = stage, pools, tokenizer
-        self.image_token_id, self.num_query_tokens, self.preprocess = (
-            image_token_id,
-            num_query_tokens,
-            preprocess,
-        )
+        self.image_token_id, self.num_query_tokens = image_token_id, num_query_tokens
         self.sampler = MixtureSampler(
             [p.spec.weight for p in pools],
             [len(p) for p in pools],

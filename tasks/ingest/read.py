@@ -32,21 +32,29 @@ def _raw_samples(tar_path: Path) -> list[dict]:
     return sorted(dataset, key=lambda s: s["__key__"])
 
 
-def _record(raw: dict) -> dict:
-    meta = json.loads(raw["json"]) if "json" in raw else {}
-    ext = next(e for e in IMAGE_EXTS if e in raw)
-    image = Image.open(io.BytesIO(raw[ext]))
+def record_text(sample_key: str, meta: dict, txt: bytes | None) -> dict:
+    """A sample's text fields from its `.json` (decoded) and `.txt` members: key, caption,
+    annotations, split, url. Shared by `read_records` and the stage data's index."""
     annotations = meta.get("annotations")
     if isinstance(annotations, str):
         annotations = json.loads(annotations)
     return {
-        "key": meta.get("source_key") or raw["__key__"],
-        "sample_key": raw["__key__"],
-        "image": image.convert("RGB"),
-        "caption": raw["txt"].decode("utf-8") if "txt" in raw else (meta.get("caption") or ""),
+        "key": meta.get("source_key") or sample_key,
+        "caption": txt.decode("utf-8") if txt is not None else (meta.get("caption") or ""),
         "annotations": annotations or {},
         "split": meta.get("split") or "train",
         "url": meta.get("url"),
+    }
+
+
+def _record(raw: dict) -> dict:
+    meta = json.loads(raw["json"]) if "json" in raw else {}
+    ext = next(e for e in IMAGE_EXTS if e in raw)
+    image = Image.open(io.BytesIO(raw[ext]))
+    return {
+        **record_text(raw["__key__"], meta, raw.get("txt")),
+        "sample_key": raw["__key__"],
+        "image": image.convert("RGB"),
     }
 
 
