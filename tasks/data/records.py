@@ -187,7 +187,14 @@ class SourceRecords:
         if self._meta_file is None:
             self._meta_file = open(self._meta_path, "rb")  # noqa: SIM115 - kept open for the stage
         self._meta_file.seek(start)
-        return json.loads(self._meta_file.read(stop - start))
+        line = self._meta_file.read(stop - start)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise ValueError(
+                f"{self._meta_path}: record {number} is not the JSON the index wrote (the file changed); "
+                f"delete {self.folder} to rebuild the index"
+            ) from None
 
     def image(self, i: int) -> Image.Image:
         """Record i's image, decoded to RGB."""
@@ -202,7 +209,13 @@ class SourceRecords:
         data = handle.read(size)
         if len(data) != size:
             raise ValueError(f"{self.shards[shard]}: image of record {i} is cut short (the shard changed?)")
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        try:
+            return Image.open(io.BytesIO(data)).convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ValueError(
+                f"{self.shards[shard]}: image of record {i} at byte {offset} does not decode "
+                f"({type(exc).__name__}); the shard changed after ingest: ingest the source again"
+            ) from None
 
     def location(self, i: int) -> tuple[str, int]:
         """(shard file stem, position in the shard) of record i: its row in the feature cache."""

@@ -239,6 +239,19 @@ def _worker_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _worker_error(exc: Exception) -> Exception:
+    """A worker's error as its own one line: torch re-raises it with the worker's whole traceback
+    in the message ("Caught ValueError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return exc
+    last = text.strip().splitlines()[-1]  # "ValueError: <the message>"
+    try:
+        return type(exc)(last.partition(": ")[2] or last)
+    except Exception:
+        return RuntimeError(last)
+
+
 def _stack(items: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.stack(items) if items else None
 
@@ -489,7 +502,10 @@ class StageLoader:
         started = time.perf_counter()
         if self._iter is None:
             self._iter = iter(self._loader)
-        images = next(self._iter)
+        try:
+            images = next(self._iter)
+        except Exception as exc:
+            raise _worker_error(exc) from None
         batch, state = self._plan.pending.popleft()
         self._state = state
         return LoadedBatch(batch, images, state, time.perf_counter() - started)

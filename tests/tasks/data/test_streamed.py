@@ -305,3 +305,48 @@ def test_a_source_without_any_cache_reads_pixels_silently_unless_features_are_re
     stage.frozen_features = "require"
     with pytest.raises(FeatureCacheError, match="has no feature cache"):
         select_feature_readers(stage, pools, tiny.model, lines.append)
+
+
+def test_two_index_builds_at_once_agree_and_leave_nothing_half_written(tmp_path):
+    import threading
+
+    from tasks.data.records import build_index
+
+    out = tmp_path / "src"
+    write_records_as_source(in_memory_records(40, 0, seed=5), out, source="s", per_shard=10)
+    folders: list[Path] = []
+    threads = [threading.Thread(target=lambda: folders.append(build_index(out))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(folders)) == 1 and (folders[0] / "index.json").is_file()
+    assert [p.name for p in (out / "index").iterdir()] == [folders[0].name]  # no temporary folder left
+    assert len(SourceRecords(out)) == 40
+
+
+def test_a_tampered_shard_or_index_fails_with_one_line_naming_the_file(tmp_path):
+    out = tmp_path / "src"
+    write_records_as_source(in_memory_records(20, 0, seed=6), out, source="s", per_shard=10)
+    records = SourceRecords(out)
+    shard, offset = records.shards[0], int(records._images[0][1])
+    data = bytearray(shard.read_bytes())
+    data[offset : offset + 64] = b"\0" * 64  # the image's bytes, in place (the manifest still agrees)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"00000\.tar: image of record 0 at byte \d+ does not decode"):
+        SourceRecords(out).image(0)
+    # through a loader worker the stage gets the same one line, not the worker's traceback
+    stage = load_stage_spec(SPECS / "stages" / "stage1_warmup.yaml")
+    stage.loader.workers = 1
+    built, _ = build_model(ModelSpec(preset="tiny"), tokenizer_corpus=tokenizer_corpus, log=lambda _m: None)
+    data = StageData.for_model(stage, build_pools(stage, {"shapes_world": out}), built, rows=8)
+    loader = StageLoader(data, lambda b: b)
+    with pytest.raises(ValueError) as caught:
+        for _ in range(20):  # until a batch holds record 0
+            next(loader)
+    loader.close()
+    assert "\n" not in str(caught.value) and "does not decode" in str(caught.value)
+    meta = records.folder / "meta.jsonl"
+    meta.write_bytes(b"#" + meta.read_bytes()[1:])
+    with pytest.raises(ValueError, match=r"meta\.jsonl: record 0 is not the JSON the index wrote.*delete"):
+        SourceRecords(out).meta(0)
