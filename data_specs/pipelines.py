@@ -82,6 +82,15 @@ class TrackingSpec(SpecModel):
         description="Register the final checkpoint under this name: letters, digits, '.', '_', '-' "
         "(MLflow refuses '/' and ':'), at most 200 characters.",
     )
+    champion_metric: str | None = Field(
+        None,
+        description=(
+            "Evaluation metric that decides the registry alias `champion`: every new version gets "
+            "`candidate`; `champion` moves to it only when it beats the current champion on this metric "
+            "(the first version becomes champion). None: `champion` is set on the first version only."
+        ),
+    )
+    champion_mode: Literal["max", "min"] = Field("max", description="Whether higher or lower is better.")
 
     @field_validator("experiment")
     @classmethod
@@ -103,6 +112,55 @@ class TrackingSpec(SpecModel):
         return value
 
 
+POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class PlacementSpec(SpecModel):
+    """Where the stages and the evaluation run (flows/placement.py)."""
+
+    mode: Literal["auto", "local", "deployments"] = Field(
+        "auto",
+        description=(
+            "auto: each stage and the evaluation as a flow run of its deployment on a work pool when a "
+            "Prefect server is configured (PREFECT_API_URL, or `vlmpipe servers up`) and holds those "
+            "deployments, else in the pipeline's own process; local: always in-process; deployments: "
+            "always on pools (an error without a server or the deployments)."
+        ),
+    )
+    stages: str = Field(
+        "gpu",
+        pattern=POOL_NAME,
+        description="Work pool of the training stages: each runs as deployment train-stage/<pool>.",
+    )
+    evaluation: str = Field(
+        "gpu", pattern=POOL_NAME, description="Work pool of the evaluation (deployment evaluate/<pool>)."
+    )
+    stage_pools: dict[str, str] = Field(
+        {}, description="Per-stage pool, by stage name (e.g. {stage1_warmup: cpu}); the others use `stages`."
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description=(
+            "Times a placed stage or evaluation is run again when its process crashed or an I/O error "
+            "stopped it (a retried stage resumes from its last saved step); a bad spec, bad data or a "
+            "training guard is not retried."
+        ),
+    )
+    retry_delay_s: float = Field(30.0, ge=0, description="Wait before the first retry; doubled each time.")
+
+    @field_validator("stage_pools")
+    @classmethod
+    def _pool_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for stage, pool in value.items():
+            if not re.fullmatch(POOL_NAME, pool):
+                raise ValueError(
+                    f"{stage}: {pool!r} is not a work-pool name (letters, digits, '.', '_', '-')"
+                )
+        return value
+
+
 class PipelineSpec(SpecModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     description: str = ""
@@ -111,6 +169,7 @@ class PipelineSpec(SpecModel):
     stages: list[Path] = Field(min_length=1, description="Stage spec files, run in this order.")
     evaluation: EvaluationSpec | None = None
     tracking: TrackingSpec = TrackingSpec()
+    placement: PlacementSpec = PlacementSpec()
 
     @field_validator("sources", "stages")
     @classmethod
@@ -242,6 +301,18 @@ def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipe
         )
     if spec.evaluation is not None:
         _check_split(sources[spec.evaluation.source], spec.evaluation.split, path, "evaluation.split")
+    names = [s.name for s in stages]
+    for stage_name in spec.placement.stage_pools:
+        if stage_name not in names:
+            raise SpecError(
+                path,
+                f"placement.stage_pools.{stage_name}",
+                f"no stage {stage_name!r} in this pipeline; its stages: {', '.join(names)}",
+            )
+    if spec.tracking.champion_metric is not None and spec.tracking.registered_model is None:
+        raise SpecError(
+            path, "tracking.champion_metric", "needs tracking.registered_model (no version to promote)"
+        )
     return ResolvedPipeline(path, spec, sources, source_paths, stages, list(spec.stages))
 
 

@@ -21,9 +21,13 @@ def configure_environment(home: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+VERBOSE_ENV = "VLMPIPE_VERBOSE"
+
+
 def console_without_tracebacks() -> None:
     """Prefect's console handler prints a failed flow run's traceback once per nested flow; the CLI
-    prints one line naming a log file instead. Records that carry a traceback still reach Prefect's
+    prints one line naming a log file instead. Prefect's engine lines (a flow run created, started,
+    finished in a state) stay off the console too unless `--verbose` ($VLMPIPE_VERBOSE=1). Records that carry a traceback still reach Prefect's
     API (the UI shows them) and every other handler; the console shows them only with VLMPIPE_DEBUG=1.
     On a terminal, a stage's per-step lines give way to its progress bar (tasks/train/progress.py)
     on the console too. Call after Prefect is imported (it sets its handlers up on import)."""
@@ -35,9 +39,18 @@ def console_without_tracebacks() -> None:
     from tasks.train.progress import enabled as progress_bar_shown
 
     debug = bool(os.environ.get("VLMPIPE_DEBUG"))
+    verbose = debug or bool(os.environ.get(VERBOSE_ENV))
+    import prefect
+
+    prefect_package = str(Path(prefect.__file__).parent)
 
     def no_traceback(record: logging.LogRecord) -> bool:
         return debug or (record.exc_info is None and not record.exc_text)
+
+    def no_engine_chatter(record: logging.LogRecord) -> bool:
+        # Prefect's own lines (flow run created, beginning, finished in state ..., temporary server)
+        # come from Prefect's files; ours from our flows and tasks. Warnings and errors always show.
+        return verbose or record.levelno >= logging.WARNING or not record.pathname.startswith(prefect_package)
 
     def no_step_line(record: logging.LogRecord) -> bool:
         return not STEP_LINE.match(str(record.getMessage()))
@@ -48,5 +61,6 @@ def console_without_tracebacks() -> None:
                 continue
             handler._vlmpipe_quiet = True  # type: ignore[attr-defined]
             handler.addFilter(no_traceback)
+            handler.addFilter(no_engine_chatter)
             if progress_bar_shown(getattr(handler, "stream", None)):
                 handler.addFilter(no_step_line)

@@ -69,13 +69,18 @@ def _run_name() -> str:
 
 
 @flow(name="ingest", flow_run_name=_run_name, validate_parameters=False)
-def ingest_flow(source_spec_path: str, output_dir: str, tracking: dict | None = None) -> dict:
-    """Ingest one source into `output_dir`; returns the small summary (shards, counts per outcome).
+def ingest_flow(source_spec_path: str, output_dir: str | None = None, tracking: dict | None = None) -> dict:
+    """Ingest one source into `output_dir` (default: `<home>/data/<source>`, where pipelines read
+    it); returns the small summary (shards, counts per outcome).
 
     A success rate below the spec's min_success_rate still publishes and logs the counts, then fails
     the flow with one line.
     """
     spec = load_source_spec(source_spec_path)  # a bad spec fails here, before any download
+    if output_dir is None:
+        from tasks.state import source_dir
+
+        output_dir = str(source_dir(spec.name))
     failure: LowSuccessRate | None = None
     try:
         result = ingest_task(source_spec_path, output_dir)

@@ -124,10 +124,12 @@ def local_prefect_api(home: Path, timeout_s: float | None = None) -> Iterator[st
             fcntl.flock(start_lock, fcntl.LOCK_UN)
     listener.close()  # the server holds its own copy
     os.environ["PREFECT_API_URL"] = url
+    os.environ["VLMPIPE_LOCAL_PREFECT_API"] = "1"  # flows/placement.py: not a server of the user's
     try:
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop("VLMPIPE_LOCAL_PREFECT_API", None)
         _flush_prefect_clients()
         _stop(process)
         with contextlib.suppress(OSError):

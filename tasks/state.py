@@ -106,3 +106,22 @@ def claim_run(
             continue
         return RunFolder(path, candidate, _lock(path, f"run {candidate}"))
     raise RunError(f"{base}: 99 runs started in the same second; pass --run-name")
+
+
+class _Held:
+    def __init__(self, handle) -> None:  # noqa: ANN001 (an open file)
+        self._handle = handle
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+
+def hold_folder(path: str | Path, what: str) -> _Held:
+    """Own `path` (created if missing) for a `with` block: a second process asking for it meanwhile
+    gets RunError naming the owner. The same flock as a run folder's, on the folder's own `.lock`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return _Held(_lock(path, what))

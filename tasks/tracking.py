@@ -114,6 +114,31 @@ class Tracker:
         data = {c: [row.get(c) for row in rows] for c in columns}
         self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact (closed afterwards)."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+        finally:
+            plt.close(figure)
+
+    def ui_url(self) -> str | None:
+        """This run's page in the MLflow UI when the store is a tracking server (http/https)."""
+        base = _ui_base(self.tracking_uri)
+        if base is None:
+            return None
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        return f"{base}/#/experiments/{experiment}/runs/{self.run_id}"
+
+    def experiment_ui_url(self) -> str | None:
+        """The training-runs view of this run's experiment (not MLflow 3's GenAI overview)."""
+        base = _ui_base(self.tracking_uri)
+        if base is None:
+            return None
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        return f"{base}/#/experiments/{experiment}/runs"
+
     def artifact_uri(self, artifact_path: str = "") -> str:
         base = self.client.get_run(self.run_id).info.artifact_uri
         return f"{base}/{artifact_path}" if artifact_path else base
@@ -138,11 +163,93 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
         yield
 
 
+def _ui_base(tracking_uri: str) -> str | None:
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
+
+
+# MLflow 3's UI opens an experiment by its kind: this one shows the training runs, not GenAI traces
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+    return client.create_experiment(
+        name, artifact_location=default_artifact_root(client.tracking_uri), tags=EXPERIMENT_KIND
+    )
+
+
+def log_dataset_input(
+    tracker: Tracker, *, name: str, path: str | Path, digest: str | None, context: str
+) -> None:
+    """`path` (a shard manifest, an annotation file) as a dataset input of the run. Without a digest
+    the file's path, size and modification time name it (hashing a multi-GB annotation file per run
+    would cost more than the check is worth)."""
+    import hashlib
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    path = Path(path).resolve()
+    if digest is None:
+        try:
+            stat = path.stat()
+            digest = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        except OSError:
+            digest = hashlib.sha256(str(path).encode()).hexdigest()
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name, digest=digest[:36])
+    entity = dataset._to_mlflow_entity()  # the public log_input needs the fluent active run
+    tracker.client.log_inputs(
+        tracker.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    )
+
+
+def git_commit() -> tuple[str | None, bool]:
+    """(commit, dirty) of the project's checkout; $VLMPIPE_GIT_COMMIT in an image built without
+    `.git` (infra/Dockerfile bakes it in). (None, False) when neither is there."""
+    import subprocess
+
+    baked = os.environ.get("VLMPIPE_GIT_COMMIT")
+    if baked:
+        return baked, False
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None, False
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+    return commit or None, bool(status.strip())
+
+
+def run_tags(entry: str) -> dict[str, str]:
+    """MLflow's source tags (what ran, from which commit) and the host, for every run we start."""
+    import socket
+
+    commit, dirty = git_commit()
+    tags = {
+        "mlflow.source.name": entry,
+        "mlflow.source.type": "JOB",
+        "vlmpipe.host": socket.gethostname(),
+    }
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["vlmpipe.git_dirty"] = str(dirty).lower()
+    return tags
 
 
 def start_run(

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from flows.cli import ingest, run, spec
+from flows.cli import ingest, run, servers, spec
 
 
 def print_error(message: str) -> None:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_parsers(sub)
     run.add_parsers(sub)
     ingest.add_parsers(sub)
+    servers.add_parsers(sub)
     return parser
 
 

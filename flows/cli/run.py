@@ -50,19 +50,55 @@ def report(summary: dict, home: Path) -> None:
     print(f"run folder      {summary['run_dir']}")
     print(f"MLflow store    {uri}  (experiment {summary['experiment']}, run {summary['mlflow_run_id']})")
     if summary.get("model_version"):
-        print(f"registered      {summary['registered_model']} version {summary['model_version']}")
-    if uri.startswith("sqlite:"):
-        print(f"open the UI     .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
+        aliases = ", ".join(summary.get("aliases") or [])
+        print(
+            f"registered      {summary['registered_model']} version {summary['model_version']}"
+            + (f"  (aliases: {aliases})" if aliases else "")
+        )
+    if summary.get("experiment_url"):
+        print(f"open the UI     {summary['experiment_url']}")
+    elif uri.startswith("sqlite:"):
+        print(
+            f"open the UI     .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   "
+            f"(then http://127.0.0.1:5000/#/experiments/{summary.get('experiment_id', '')}/runs)"
+        )
+    if summary.get("placement") == "deployments":
+        print(
+            f"Prefect UI      {os.environ.get('PREFECT_UI_URL') or os.environ.get('PREFECT_API_URL', '').removesuffix('/api')}"
+        )
+    else:
+        print(
+            f"Prefect records PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
+            ".venv/bin/prefect server start   (then http://127.0.0.1:4200)"
+        )
+
+
+def use_servers(home: Path) -> None:
+    """With no PREFECT_API_URL set, the servers `vlmpipe servers up` started on this state folder
+    (when they answer) are the ones to run on; said in one line."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from flows.servers import endpoints
+
+    found = endpoints(home)
+    if found is None:
+        return
+    for key, value in found.items():
+        if key != "MLFLOW_TRACKING_URI" or not os.environ.get(key):
+            os.environ[key] = value
     print(
-        f"Prefect records PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
-        ".venv/bin/prefect server start   (then http://127.0.0.1:4200)"
+        f"on the servers of `vlmpipe servers up`: Prefect {found['PREFECT_UI_URL']}, MLflow {os.environ['MLFLOW_TRACKING_URI']}"
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.environment import VERBOSE_ENV
     from tasks.state import vlmpipe_home
 
     home = vlmpipe_home(args.home)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    use_servers(home)
     resume = args.resume is not None
     spec = Path(args.pipeline_spec)
     if getattr(args, "smoke", False):
@@ -119,4 +155,9 @@ def add_parsers(sub: Any) -> None:
             "from its last saved step, the same MLflow run goes on",
         )
         p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show Prefect's engine lines too (flow runs created, finished)",
+        )
         p.set_defaults(func=cmd_run if name == "run" else cmd_demo, environment=True)

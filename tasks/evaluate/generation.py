@@ -26,8 +26,10 @@ def generate_answers(
     num_query_tokens: int,
     max_new_tokens: int,
     batch_size: int,
+    instructions: list[str] | None = None,
 ) -> list[str]:
-    """Greedy answers for (example, PIL image) pairs, prompts rendered by the template registry."""
+    """Greedy answers for (example, PIL image) pairs, prompts rendered by the template registry
+    (with the task's default instructions, or `instructions`: ["{}"] asks the query as it is)."""
     model.eval()
     pad = pad_token_id(tokenizer)
     eos = [
@@ -40,7 +42,9 @@ def generate_answers(
         chunk = items[start : start + batch_size]
         prompts = []
         for example, _ in chunk:
-            segments = render(example, template, end_sym=end_sym, with_answer=False)
+            segments = render(
+                example, template, end_sym=end_sym, instructions=instructions, with_answer=False
+            )
             ids, _, _ = encode_segments(
                 segments,
                 tokenizer,

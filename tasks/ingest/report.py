@@ -112,10 +112,7 @@ def table_rows(manifest: dict) -> list[dict[str, Any]]:
 
 def log_to_mlflow(tracker: Any, manifest: dict, manifest_path: Path) -> None:
     """Metrics, the manifest as artifact and as the run's dataset input, the outcome table."""
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+    from tasks.tracking import log_dataset_input
 
     tracker.log_params(manifest["spec"], prefix="source.")
     tracker.log_metrics(metrics(manifest))
@@ -125,12 +122,6 @@ def log_to_mlflow(tracker: Any, manifest: dict, manifest_path: Path) -> None:
         {"vlmpipe.source": manifest["source"], "vlmpipe.manifest_fingerprint": manifest["fingerprint"]}
     )
     # the manifest's digest covers every shard's sha256: it names exactly this data
-    dataset = MetaDataset(
-        LocalArtifactDatasetSource(str(manifest_path.resolve())),
-        name=manifest["source"],
-        digest=manifest["digest"],
-    )
-    entity = dataset._to_mlflow_entity()  # the public log_input needs the fluent active run
-    tracker.client.log_inputs(
-        tracker.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])]
+    log_dataset_input(
+        tracker, name=manifest["source"], path=manifest_path, digest=manifest["digest"], context="train"
     )

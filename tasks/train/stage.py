@@ -305,6 +305,7 @@ def _train(
     loader = StageLoader(
         data, lambda b: recipe.split_rows(b, procs.world, procs.rank), pin_memory=device.type == "cuda"
     )
+    drawn = [0] * len(data.pools)  # samples per dataset, since this process (re)started the stage
     with stopping.handling(), contextlib.ExitStack() as cleanup:  # SIGINT/SIGTERM: stop at a step, saved
         cleanup.callback(loader.close)
         if bar is not None:
@@ -332,6 +333,8 @@ def _train(
                 )
                 guard.check(step + 1, result.grad_norm, result.group_norms)
                 losses.append(result.loss)
+                for i in batch.datasets:
+                    drawn[i] += 1
                 if bar is not None:
                     bar.update(step + 1, result.loss, result.tokens / max(time.perf_counter() - t0, 1e-9))
                 meter.add(
@@ -382,6 +385,7 @@ def _train(
         "groups": keep_groups,
         "device": str(device),
         "processes": procs.world,
+        "mixture": _realized_mixture(data, drawn),
     }
     if tracker is not None:
         tracker.log_metrics(
@@ -389,12 +393,28 @@ def _train(
                 "loss_start": summary["loss_start"],
                 "loss_end": summary["loss_end"],
                 "truncated_samples": loader.state_dict()["truncated"],
+                **{f"mixture_share.{m['dataset']}": m["realized_share"] for m in summary["mixture"]},
             }
         )
     say(
         f"stage {stage.name}: loss {summary['loss_start']:.3f} -> {summary['loss_end']:.3f}; checkpoint {final_dir}"
     )
     return summary
+
+
+def _realized_mixture(data: StageData, drawn: list[int]) -> list[dict[str, Any]]:
+    """Each dataset's share of the samples this process trained on, beside the share the spec asked for."""
+    total = max(sum(drawn), 1)
+    return [
+        {
+            "dataset": pool.spec.name,
+            "task": pool.spec.task,
+            "spec_share": float(data.sampler.shares[i]),
+            "realized_share": drawn[i] / total,
+            "samples": drawn[i],
+        }
+        for i, pool in enumerate(data.pools)
+    ]
 
 
 def _report(

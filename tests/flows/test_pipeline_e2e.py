@@ -48,6 +48,21 @@ def mini_pipeline(folder: Path) -> Path:
     return path
 
 
+def label(run) -> str:
+    """A run by what it is: `stage-<name>` for a stage (named `<pipeline>/<stage>/seed<n>`),
+    `evaluate`, or its name."""
+    tags = run.data.tags
+    if tags.get("vlmpipe.step") == "stage":
+        assert (
+            run.info.run_name
+            == f"{tags['vlmpipe.pipeline']}/{tags['vlmpipe.stage']}/seed{tags['vlmpipe.seed']}"
+        )
+        return f"stage-{tags['vlmpipe.stage']}"
+    if tags.get("vlmpipe.step") == "evaluate":
+        return "evaluate"
+    return run.info.run_name
+
+
 def env_for(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(VLMPIPE_HOME=str(home), PYTHONUNBUFFERED="1")
@@ -110,35 +125,74 @@ def test_mlflow_holds_parent_nested_runs_metrics_and_registered_model(pipeline_r
     parent = [r for r in runs if r.info.run_id == summary["mlflow_run_id"]][0]
     assert parent.info.status == "FINISHED"
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    names = sorted(r.info.run_name for r in nested)
+    names = sorted(label(r) for r in nested)
     assert names == sorted(["ingest-shapes_world", "evaluate"] + [f"stage-{s}" for s in STAGES])
     for run in nested:
         assert run.info.status == "FINISHED" and run.data.metrics, run.info.run_name
-    stage4 = [r for r in nested if r.info.run_name == "stage-stage4_multitask"][0]
+    stage4 = [r for r in nested if label(r) == "stage-stage4_multitask"][0]
     history = client.get_metric_history(stage4.info.run_id, "loss")
     assert [m.step for m in history] == [2, 4]
     assert {"lr", "tokens_per_s", "data_wait_share", "peak_memory_mb"} <= set(stage4.data.metrics)
     assert stage4.data.params["stage.name"] == "stage4_multitask"
     ingest = [r for r in nested if r.info.run_name == "ingest-shapes_world"][0]
     assert ingest.data.metrics["success"] == 108
-    evaluate = [r for r in nested if r.info.run_name == "evaluate"][0]
+    evaluate = [r for r in nested if label(r) == "evaluate"][0]
     assert {"vqa_accuracy", "vqa_chance", "refer_accuracy", "refer_chance", "caption_bleu4"} <= set(
         evaluate.data.metrics
     )
     assert parent.data.params["model.preset"] == "tiny"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"resolved_config.json", "specs", "model"} <= artifacts
+    assert {"resolved_config.json", "specs", "plots", "registry"} <= artifacts
     versions = client.search_model_versions("name='mini-model'")
     assert [v.run_id for v in versions] == [parent.info.run_id]
 
 
+def test_the_registered_version_is_a_pyfunc_with_lineage_and_aliases(pipeline_run):
+    """The first version gets both aliases; it loads as an MLflow model and answers an image."""
+    import io
+
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from tasks.shapes_world import in_memory_records
+
+    home, summary = pipeline_run
+    assert summary["aliases"] == ["candidate", "champion"]
+    client = MlflowClient(summary["tracking_uri"])
+    version = client.get_model_version_by_alias("mini-model", "champion")
+    assert int(version.version) == 1
+    for tag in (
+        "vlmpipe.spec_sha256",
+        "vlmpipe.data.shapes_world",
+        "vlmpipe.parent_run_id",
+        "prefect.flow_run_id",
+    ):
+        assert version.tags.get(tag), tag
+    assert version.tags["vlmpipe.parent_run_id"] == summary["mlflow_run_id"]
+    assert "first version" in version.tags["vlmpipe.champion_decision"]
+    mlflow.set_tracking_uri(summary["tracking_uri"])
+    model = mlflow.pyfunc.load_model("models:/mini-model@champion")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image", "prompt", "task"]
+    record = in_memory_records(1, 0, seed=5)[0]
+    buffer = io.BytesIO()
+    record["image"].save(buffer, format="PNG")
+    answers = model.predict(
+        pd.DataFrame(
+            {"image": [buffer.getvalue()], "prompt": ["what colour is the shape?"], "task": ["vqa"]}
+        ),
+        params={"max_new_tokens": 4},
+    )
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
 def test_prefect_records_the_flow_runs_completed_in_dependency_order(pipeline_run):
-    home, _ = pipeline_run
+    home, summary = pipeline_run
     runs = prefect_flow_runs(home)
     assert all(r["state"] == "COMPLETED" for r in runs), runs
     assert [r["flow"] for r in runs].count("vlmpipe-pipeline") == 1
     stages = sorted((r for r in runs if r["flow"] == "train-stage"), key=lambda r: r["start"])
-    assert [r["name"] for r in stages] == STAGES
+    assert [r["name"] for r in stages] == [f"{summary['run_name']}/{s}" for s in STAGES]
     for before, after in zip(stages, stages[1:], strict=False):
         assert before["end"] <= after["start"], (before, after)
     assert any(r["flow"] == "evaluate" for r in runs)
@@ -304,7 +358,7 @@ def test_after_sigkill_resume_closes_the_orphaned_runs_and_continues_the_parent(
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("mini")
     running = [r for r in client.search_runs([experiment.experiment_id]) if r.info.status == "RUNNING"]
-    assert {r.info.run_name for r in running} >= {"k", "stage-stage4_multitask"}  # what a kill leaves
+    assert {label(r) for r in running} >= {"k", "stage-stage4_multitask"}  # what a kill leaves
 
     again = subprocess.run(
         [*cmd, "--resume", "last", "--json"],
@@ -321,7 +375,7 @@ def test_after_sigkill_resume_closes_the_orphaned_runs_and_continues_the_parent(
     assert [r.info.run_name for r in runs].count("k") == 1
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.info.status == "KILLED"]
-    assert [r.info.run_name for r in killed] == ["stage-stage4_multitask"]
+    assert [label(r) for r in killed] == ["stage-stage4_multitask"]
     assert processes_of(home) == []
 
 
@@ -351,7 +405,7 @@ def test_two_pipelines_started_at_once_on_one_state_folder_both_finish_with_thei
     assert not [r.info.run_name for r in runs if r.info.status != "FINISHED"]
     for summary in summaries:
         nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]]
-        assert sorted(r.info.run_name for r in nested) == sorted(
+        assert sorted(label(r) for r in nested) == sorted(
             ["ingest-shapes_world", "evaluate"] + [f"stage-{s}" for s in STAGES]
         )
     flow_runs = prefect_flow_runs(home)
