@@ -19,6 +19,8 @@ def configure_environment(home: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # MLflow prints "View run ... at" for every run that ends on a tracking server: the summary says where
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 VERBOSE_ENV = "VLMPIPE_VERBOSE"
@@ -50,11 +52,17 @@ def console_without_tracebacks() -> None:
     def no_engine_chatter(record: logging.LogRecord) -> bool:
         # Prefect's own lines (flow run created, beginning, finished in state ..., temporary server)
         # come from Prefect's files; ours from our flows and tasks. Warnings and errors always show.
-        return verbose or record.levelno >= logging.WARNING or not record.pathname.startswith(prefect_package)
+        if verbose or record.levelno >= logging.ERROR:
+            return True
+        if record.name.startswith("bitsandbytes"):  # optional CPU kernels it did not find
+            return False
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(prefect_package)
 
     def no_step_line(record: logging.LogRecord) -> bool:
         return not STEP_LINE.match(str(record.getMessage()))
 
+    if not verbose:  # MLflow's own info lines (system metrics monitor started, model version waits)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for handler in getattr(logger, "handlers", ()):
             if not isinstance(handler, PrefectConsoleHandler) or getattr(handler, "_vlmpipe_quiet", False):

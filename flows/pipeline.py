@@ -542,6 +542,8 @@ def _run_stage(rp, stage, placement, home, run_name, checkpoint, parent, logger)
         log=logger.info,
     )
     result = finished_stage(output_dir)
+    if result is not None and result.get("loss_start") is not None:
+        logger.info(f"stage {stage}: loss {result['loss_start']:.3f} -> {result['loss_end']:.3f}")
     if result is None:
         raise PlacementError(
             f"stage {stage} completed on its pool but left no verified checkpoint in {output_dir}"

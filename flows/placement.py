@@ -140,7 +140,7 @@ def run_placed(
     for attempt in range(retries + 1):
         name = flow_run_name if attempt == 0 else f"{flow_run_name} (retry {attempt})"
         started = time.time()
-        flow_run = _run_and_wait(deployment, parameters, name, poll_s)
+        flow_run = _run_and_wait(deployment, parameters, name, poll_s, log)
         state = flow_run.state
         if state.is_completed():
             return flow_run
@@ -158,7 +158,9 @@ def run_placed(
     raise AssertionError("unreachable")
 
 
-def _run_and_wait(deployment: str, parameters: dict[str, Any], name: str, poll_s: float) -> Any:
+def _run_and_wait(
+    deployment: str, parameters: dict[str, Any], name: str, poll_s: float, log: Callable[[str], None]
+) -> Any:
     """Create the flow run, then poll it to a final state; an interrupt (Ctrl-C, SIGTERM) cancels
     the flow run on its worker before it propagates."""
     from prefect.client.orchestration import get_client
@@ -167,6 +169,11 @@ def _run_and_wait(deployment: str, parameters: dict[str, Any], name: str, poll_s
 
     flow_run = run_deployment(
         name=deployment, parameters=parameters, timeout=0, as_subflow=True, flow_run_name=name
+    )
+    ui = os.environ.get("PREFECT_UI_URL")
+    log(
+        f"flow run {name} on {deployment} (pool {flow_run.work_pool_name or '?'})"
+        + (f": {ui.rstrip('/')}/runs/flow-run/{flow_run.id}" if ui else "")
     )
     try:
         with get_client(sync_client=True) as client:

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ def log_pyfunc(parent: Tracker, rp: ResolvedPipeline, checkpoint: str) -> Any:
         "image_size": read_manifest(checkpoint).get("metadata", {}).get("image_size"),
         "pipeline": rp.spec.name,
     }
-    with _global_tracking(parent.tracking_uri), mlflow.start_run(run_id=parent.run_id):
+    with (
+        _global_tracking(parent.tracking_uri),
+        mlflow.start_run(run_id=parent.run_id),
+        warnings.catch_warnings(),
+    ):
+        # MLflow advises an input example, which would load and run the model while logging it
+        warnings.simplefilter("ignore", UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_MODEL),
@@ -121,7 +128,13 @@ def _register(parent, rp, checkpoint, metrics, data_dirs, run_name) -> dict[str,
         if value is not None and math.isfinite(float(value)):
             tags[f"metric.{key}"] = f"{float(value):.6g}"
     version = client.create_model_version(
-        name, source=info.model_uri, run_id=parent.run_id, tags=tags, description=f"run {run_name}"
+        name,
+        source=info.model_uri,
+        run_id=parent.run_id,
+        tags=tags,
+        description=f"run {run_name}",
+        run_link=parent.ui_url(),
+        model_id=info.model_id,
     )
     number = int(version.version)
     client.set_registered_model_alias(name, "candidate", number)

@@ -242,7 +242,8 @@ def up(
         state["prefect"] = _spawn(
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports["Prefect"])],
-            env,
+            # the UI's pages call the API at this address (Prefect's default is port 4200)
+            {**env, "PREFECT_UI_API_URL": f"{prefect_url}/api", "PREFECT_UI_URL": prefect_url},
             home,
         ) | {"url": f"{prefect_url}/api", "ui": prefect_url}
         _write_state(home, state)  # written after each start: a killed `up` leaves what `down` needs
