@@ -348,3 +348,27 @@ def test_validate_and_help_write_nothing_to_the_state_folder(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr
     assert not home.exists() and not (tmp_path / ".vlmpipe").exists()
+
+
+@pytest.mark.parametrize(
+    ("placement", "field", "expected"),
+    [
+        ("placement: {stage_pools: {stage9: cpu}}", "placement.stage_pools.stage9", "no stage 'stage9'"),
+        ("placement: {stages: 'gpu pool'}", "placement.stages", "pattern"),
+        ("placement: {mode: cluster}", "placement.mode", "auto"),
+        ("placement: {retries: -1}", "placement.retries", "greater than or equal to 0"),
+        ("tracking: {champion_metric: vqa_accuracy}", "tracking.champion_metric", "needs tracking.registered_model"),
+    ],
+)
+def test_bad_placement_and_gate_name_the_field(tmp_path, placement, field, expected):
+    text = (
+        DEMO.read_text()
+        .replace("../sources/", f"{SPECS}/sources/")
+        .replace("../stages/", f"{SPECS}/stages/")
+        .replace("tracking:\n  experiment: vlmpipe-demo\n  registered_model: vlmpipe-shapes-tiny\n", "")
+    )
+    pipe = write(tmp_path, "p.yaml", text + placement + "\n")
+    with pytest.raises(SpecError) as err:
+        load_pipeline(pipe)
+    assert str(err.value).startswith(f"{pipe}: {field}"), str(err.value)
+    assert expected in str(err.value)
