@@ -89,8 +89,8 @@ def _link_prefect_and_mlflow(run: Tracker, what: str) -> None:
             create_markdown_artifact(
                 markdown=f"MLflow run `{run.run_id}` in store `{run.tracking_uri}`", key=key
             )
-    except Exception:  # noqa: BLE001 (a record the API could not take must not fail the step)
-        pass
+    except Exception as exc:  # noqa: BLE001 (a record the API could not take must not fail the step)
+        get_run_logger().warning(f"the MLflow link of {what} was not recorded in Prefect: {exc}")
     ui = getattr(flow_run, "ui_url", None)
     if flow_run.id:
         run.set_tags({"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name or ""})

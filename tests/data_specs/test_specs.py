@@ -357,17 +357,23 @@ def test_validate_and_help_write_nothing_to_the_state_folder(tmp_path):
         ("placement: {stages: 'gpu pool'}", "placement.stages", "pattern"),
         ("placement: {mode: cluster}", "placement.mode", "auto"),
         ("placement: {retries: -1}", "placement.retries", "greater than or equal to 0"),
-        ("tracking: {champion_metric: vqa_accuracy}", "tracking.champion_metric", "needs tracking.registered_model"),
+        (
+            "tracking: {champion_metric: vqa_accuracy}",
+            "tracking.champion_metric",
+            "needs tracking.registered_model",
+        ),
     ],
 )
 def test_bad_placement_and_gate_name_the_field(tmp_path, placement, field, expected):
-    text = (
-        DEMO.read_text()
-        .replace("../sources/", f"{SPECS}/sources/")
-        .replace("../stages/", f"{SPECS}/stages/")
-        .replace("tracking:\n  experiment: vlmpipe-demo\n  registered_model: vlmpipe-shapes-tiny\n", "")
-    )
-    pipe = write(tmp_path, "p.yaml", text + placement + "\n")
+    import yaml
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["sources"] = [f"{SPECS}/sources/{Path(p).name}" for p in data["sources"]]
+    data["stages"] = [f"{SPECS}/stages/{Path(p).name}" for p in data["stages"]]
+    data.pop("placement")
+    data["tracking"] = {"experiment": "x"}
+    data.update(yaml.safe_load(placement))
+    pipe = write(tmp_path, "p.yaml", yaml.safe_dump(data))
     with pytest.raises(SpecError) as err:
         load_pipeline(pipe)
     assert str(err.value).startswith(f"{pipe}: {field}"), str(err.value)

@@ -217,7 +217,7 @@ def test_the_pipeline_deployment_runs_every_stage_on_the_gpu_pool_in_order(stack
     # the MLflow run's URL on each stage's flow run, as a link artifact
     artifacts = api(stack, "POST", "/artifacts/filter", {"artifacts": {"type": {"any_": ["link"]}}})
     linked = {a["flow_run_id"] for a in artifacts if stack.mlflow in (a.get("data") or "")}
-    assert {r["id"] for r in stage_runs} <= linked
+    assert {r["id"] for r in stage_runs} <= linked, artifacts
 
 
 def test_mlflow_holds_the_linked_runs_and_the_champion_answers_an_image(stack):
@@ -303,6 +303,125 @@ def test_the_uis_show_the_stage_runs_a_loss_chart_and_the_flow_runs(stack):
         browser.screenshot(SCREENSHOTS / "prefect-flow-runs.png")
     finally:
         browser.close()
+
+
+def short_pipeline(stack, name: str, stage_edit=None) -> Path:
+    """stage1_warmup and stage4_multitask of the mini demo, on the pools, retried after 1 s."""
+    folder = stack.folder / name
+    folder.mkdir()
+    spec = mini_pipeline(folder)
+    data = yaml.safe_load(spec.read_text())
+    data["stages"] = ["stage1_warmup.yaml", "stage4_multitask.yaml"]
+    data["placement"] = {"mode": "deployments", "retries": 1, "retry_delay_s": 1}
+    data["evaluation"] = None
+    spec.write_text(yaml.safe_dump(data))
+    if stage_edit is not None:
+        for stage in ("stage1_warmup", "stage4_multitask"):
+            path = folder / f"{stage}.yaml"
+            path.write_text(yaml.safe_dump(stage_edit(stage, yaml.safe_load(path.read_text()))))
+    return spec
+
+
+def flow_run_processes(flow_run_id: str) -> list[int]:
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}\0".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stage_killed_on_its_worker_is_retried_and_resumes_from_its_checkpoint(stack):
+    import os
+    import signal
+
+    def longer(stage, data):
+        if stage == "stage4_multitask":
+            data["schedule"]["steps"], data["checkpoint_every"] = 40, 2
+        return data
+
+    spec = short_pipeline(stack, "retry", longer)
+    proc = subprocess.Popen(
+        [*VLMPIPE, "run", str(spec), "--home", str(stack.home), "--run-name", "retry", "--json"],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    resume = stack.home / "runs" / "mini-demo" / "retry" / "stages" / "stage4_multitask" / "resume"
+    try:
+        deadline = time.monotonic() + 600
+        while not resume.is_dir():  # the stage saved a resumable step: now its machine "dies"
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "stage4_multitask never saved a resumable step"
+            time.sleep(0.5)
+        target = api(
+            stack, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["retry/stage4_multitask"]}}}
+        )
+        pids = flow_run_processes(target[0]["id"])
+        assert pids, "no process runs the stage's flow run"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "ended Crashed" in output and "retrying in 1 s (attempt 2 of 2)" in output, output[-4000:]
+    runs = {
+        r["name"]: r
+        for r in api(
+            stack,
+            "POST",
+            "/flow_runs/filter",
+            {"flow_runs": {"name": {"any_": ["retry/stage4_multitask", "retry/stage4_multitask (retry 1)"]}}},
+        )
+    }
+    assert runs["retry/stage4_multitask"]["state"]["type"] == "CRASHED"
+    assert runs["retry/stage4_multitask (retry 1)"]["state"]["type"] == "COMPLETED"
+    worker_log = (stack.home / "servers" / "logs" / "worker-gpu.log").read_text()
+    assert "stage stage4_multitask: resuming at step" in worker_log
+    summary = json.loads(output[output.index("{\n") :])
+    assert [s["stage"] for s in summary["stages"]] == ["stage1_warmup", "stage4_multitask"]
+
+
+def test_a_stage_that_fails_for_its_data_fails_the_pipeline_with_its_cause_and_no_retry(stack):
+    bad = stack.folder / "gqa.json"
+    bad.write_text('{"q1": {"question": "what?", "answer": "yes"}}')  # no imageId: valid spec, bad data
+
+    def broken(stage, data):
+        if stage == "stage1_warmup":
+            data["mixture"]["datasets"] = [
+                {"name": "g", "format": "gqa", "annotations": str(bad), "task": "vqa", "weight": 1}
+            ]
+            data["template"] = "human_assistant"
+        return data
+
+    spec = short_pipeline(stack, "broken", broken)
+    proc = subprocess.run(
+        [*VLMPIPE, "run", str(spec), "--home", str(stack.home), "--run-name", "broken"],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()
+    assert len(error) == 1, proc.stderr
+    assert (
+        "stage stage1_warmup (train-stage/gpu on pool gpu, flow run broken/stage1_warmup) ended Failed"
+        in error[0]
+    )
+    assert str(bad) in error[0] and "imageId" in error[0], error[0]
+    names = [
+        r["name"] for r in api(stack, "POST", "/flow_runs/filter", {}) if r["name"].startswith("broken/")
+    ]
+    assert names == ["broken/stage1_warmup"]  # a data error is not retried
 
 
 def test_servers_down_stops_everything(stack):
