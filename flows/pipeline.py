@@ -91,11 +91,24 @@ def _link_prefect_and_mlflow(run: Tracker, what: str) -> None:
             )
     except Exception as exc:  # noqa: BLE001 (a record the API could not take must not fail the step)
         get_run_logger().warning(f"the MLflow link of {what} was not recorded in Prefect: {exc}")
-    ui = getattr(flow_run, "ui_url", None)
     if flow_run.id:
         run.set_tags({"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name or ""})
-    if ui:
-        run.set_tags({"prefect.flow_run_url": ui})
+        url = flow_run_url(flow_run.id)
+        if url:
+            run.set_tags({"prefect.flow_run_url": url})
+
+
+def flow_run_url(flow_run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI (the address the engine logs as "View at"); None on a
+    server without a UI (the local API of `vlmpipe run`)."""
+    import os
+
+    from prefect.settings import PREFECT_UI_URL
+
+    if os.environ.get("VLMPIPE_LOCAL_PREFECT_API"):  # the command's own API serves no UI
+        return None
+    base = PREFECT_UI_URL.value()
+    return f"{str(base).rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
 
 
 def _stage_inputs(run: Tracker, rp: ResolvedPipeline, stage: Any, data_dirs: dict[str, str]) -> None:
@@ -155,6 +168,7 @@ def train_stage_flow(
         folder = claim_run(home_path, rp.spec.name, None)
         run_name = folder.name
         folder.release()
+        _rename_flow_run(f"{run_name}/{stage}")
     output_dir = stage_folder(home_path, rp.spec.name, run_name, stage)
     with hold_folder(output_dir, f"stage {stage} of run {run_name}"):
         clear_failure(output_dir)
@@ -305,20 +319,21 @@ def _evaluate(rp, checkpoint, home, run_name, parent, tracking_uri) -> dict:  # 
             digest=manifest["digest"],
             context="evaluation",
         )
-        metrics, table = evaluate_checkpoint(
-            checkpoint,
-            rp.spec.model,
-            benchmark=ev.benchmark,
-            data_dir=data_dirs[ev.source],
-            split=ev.split,
-            tasks=list(ev.tasks),
-            max_images=ev.max_images,
-            batch_size=ev.batch_size,
-            seed=ev.seed,
-            template=template,
-            end_sym=last.end_sym,
-            log=logger.info,
-        )
+        with system_metrics(run):
+            metrics, table = evaluate_checkpoint(
+                checkpoint,
+                rp.spec.model,
+                benchmark=ev.benchmark,
+                data_dir=data_dirs[ev.source],
+                split=ev.split,
+                tasks=list(ev.tasks),
+                max_images=ev.max_images,
+                batch_size=ev.batch_size,
+                seed=ev.seed,
+                template=template,
+                end_sym=last.end_sym,
+                log=logger.info,
+            )
         run.log_metrics(metrics)
         run.log_table(table, "predictions.json")
         run.log_figure(plots.scores(metrics), "plots/scores.png")

@@ -214,9 +214,14 @@ def test_the_pipeline_deployment_runs_every_stage_on_the_gpu_pool_in_order(stack
     assert [r["name"] for r in evaluation] == ["it/evaluate"]
     assert evaluation[0]["start_time"] >= stage_runs[-1]["end_time"]
     stack.results["stage_runs"] = {r["parameters"]["stage"]: r for r in stage_runs}
-    # the MLflow run's URL on each stage's flow run, as a link artifact
-    artifacts = api(stack, "POST", "/artifacts/filter", {"artifacts": {"type": {"any_": ["link"]}}})
-    linked = {a["flow_run_id"] for a in artifacts if stack.mlflow in (a.get("data") or "")}
+    # the MLflow run's URL on each stage's flow run, as a link artifact (Prefect stores it as markdown)
+    artifacts = api(stack, "POST", "/artifacts/filter", {})
+    linked = {
+        a["flow_run_id"]
+        for a in artifacts
+        if (a.get("key") or "").startswith("mlflow-stage-")
+        and f"]({stack.mlflow}/#/experiments/" in (a.get("data") or "")
+    }
     assert {r["id"] for r in stage_runs} <= linked, artifacts
 
 
@@ -296,13 +301,58 @@ def test_the_uis_show_the_stage_runs_a_loss_chart_and_the_flow_runs(stack):
         # Prefect: the pipeline's flow run, and its stage runs among the flow runs
         pipeline = stack.results["pipeline"]
         browser.open(f"{stack.prefect_ui}/runs/flow-run/{pipeline['id']}")
-        browser.wait_for("it", "Completed")
+        browser.wait_for("it", "Completed", "Subflow Runs")
         browser.screenshot(SCREENSHOTS / "prefect-pipeline-run.png")
+        browser.js(
+            "Array.from(document.querySelectorAll('[role=tab], button, a'))"
+            ".find(e => e.innerText.trim() === 'Subflow Runs').click()"
+        )
+        browser.wait_for("it/evaluate", *[f"it/{s}" for s in STAGES])
+        browser.screenshot(SCREENSHOTS / "prefect-stage-runs.png")
         browser.open(f"{stack.prefect_ui}/runs")
         browser.wait_for("it/evaluate", *[f"it/{s}" for s in STAGES])
         browser.screenshot(SCREENSHOTS / "prefect-flow-runs.png")
     finally:
         browser.close()
+
+
+def run_deployment_by_hand(stack, deployment: str, **parameters) -> dict:
+    """`prefect deployment run` as a user types it, then the flow run's final record."""
+    argv = [PREFECT, "deployment", "run", deployment]
+    for key, value in parameters.items():
+        argv += ["-p", f"{key}={value}"]
+    proc = subprocess.run(argv, cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    flow_run_id = next(line.split()[-1] for line in proc.stdout.splitlines() if "UUID" in line)
+    deadline = time.monotonic() + 600
+    while True:
+        run = api(stack, "GET", f"/flow_runs/{flow_run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        assert time.monotonic() < deadline, run["state"]
+        time.sleep(2)
+
+
+def test_a_stage_deployment_started_by_hand_needs_only_the_spec_and_the_stage(stack):
+    from mlflow.tracking import MlflowClient
+
+    spec = stack.folder / "pipeline.yaml"  # the mini demo of the pipeline test; its source is ingested
+    run = run_deployment_by_hand(stack, "train-stage/cpu", pipeline_spec=spec, stage="shapes_towers")
+    assert run["state"]["type"] == "COMPLETED", run["state"]["message"]
+    assert run["work_pool_name"] == "cpu" and run["name"].endswith("/shapes_towers")
+    run_name = run["name"].split("/")[0]
+    assert (stack.home / "runs" / "mini-demo" / run_name / "stages" / "shapes_towers" / "checkpoint").is_dir()
+    client = MlflowClient(stack.mlflow)
+    experiment = client.get_experiment_by_name("mini")
+    mlflow_runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{run['id']}'"
+    )
+    assert [r.info.run_name for r in mlflow_runs] == ["mini-demo/shapes_towers/seed42"]
+    assert "mlflow.parentRunId" not in mlflow_runs[0].data.tags  # no pipeline above it
+    # a later stage started alone has no checkpoint to start from: one clear line, not a traceback
+    run = run_deployment_by_hand(stack, "train-stage/cpu", pipeline_spec=spec, stage="stage1_warmup")
+    assert run["state"]["type"] == "FAILED"
+    assert "starts from stage shapes_base's checkpoint" in run["state"]["message"]
 
 
 def short_pipeline(stack, name: str, stage_edit=None) -> Path:
