@@ -52,7 +52,12 @@ class EvaluationSpec(SpecModel):
         "shapes_world", description="Benchmark from the registry (data_specs/registry.py BENCHMARKS)."
     )
     source: str = Field(description="Ingested source holding the held-out images.")
-    split: str = Field("heldout", description="Split of that source to evaluate on.")
+    split: str = Field("heldout", description="Split of that source to evaluate on (its scores are gated).")
+    extra_splits: list[str] = Field(
+        [],
+        description="More splits scored the same way and reported beside, not gated (metrics named "
+        "`<split>.<metric>`), e.g. the shapes world's heldout_novel.",
+    )
     tasks: list[str] = Field(
         ["vqa", "refer", "caption"], min_length=1, description="The benchmark's tasks to score."
     )
@@ -301,6 +306,8 @@ def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipe
         )
     if spec.evaluation is not None:
         _check_split(sources[spec.evaluation.source], spec.evaluation.split, path, "evaluation.split")
+        for j, extra in enumerate(spec.evaluation.extra_splits):
+            _check_split(sources[spec.evaluation.source], extra, path, f"evaluation.extra_splits[{j}]")
     names = [s.name for s in stages]
     for stage_name in spec.placement.stage_pools:
         if stage_name not in names:

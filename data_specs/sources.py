@@ -23,7 +23,18 @@ class ShapesWorldSpec(SpecModel):
     """The embedded synthetic source: scenes generated from a seed, served on a loopback port."""
 
     num_train: int = Field(ge=1, description="Training scenes.")
-    num_heldout: int = Field(0, ge=0, description="Held-out scenes (split 'heldout', for evaluation).")
+    num_heldout: int = Field(
+        0,
+        ge=0,
+        description="Held-out scenes (split 'heldout', for evaluation): their layouts (cells, colours, "
+        "shapes) never occur in training.",
+    )
+    num_heldout_novel: int = Field(
+        0,
+        ge=0,
+        description="Scenes of split 'heldout_novel': each has a colour-shape pair that no train or "
+        "heldout scene has (yellow triangle, blue circle), a harder compositional test.",
+    )
     seed: Seed = Field(0, description="Scenes depend only on (seed, split, index).")
     canvas_size: int = Field(64, ge=12, description="Side of the rendered square canvas in pixels.")
     max_shapes: int = Field(3, ge=1, le=9, description="Each scene has 1..max_shapes shapes.")
@@ -338,7 +349,12 @@ def splits_of(source: SourceSpec) -> tuple[str, ...] | None:
     """The splits a source is known to have before it is ingested (None: known only after)."""
     if source.shapes_world is None:
         return None
-    return ("train", "heldout") if source.shapes_world.num_heldout > 0 else ("train",)
+    cfg = source.shapes_world
+    return (
+        ("train",)
+        + (("heldout",) if cfg.num_heldout else ())
+        + (("heldout_novel",) if cfg.num_heldout_novel else ())
+    )
 
 
 def load_source_spec(path: str | Path) -> SourceSpec:

@@ -288,6 +288,7 @@ def evaluate_flow(
 def _evaluate(rp, checkpoint, home, run_name, parent, tracking_uri) -> dict:  # noqa: ANN001
     from tasks import plots
     from tasks.evaluate.benchmarks import evaluate_checkpoint
+    from tasks.evaluate.shapes import confusion as shapes_confusion
     from tasks.ingest import load_manifest
 
     logger = get_run_logger()
@@ -319,24 +320,33 @@ def _evaluate(rp, checkpoint, home, run_name, parent, tracking_uri) -> dict:  # 
             digest=manifest["digest"],
             context="evaluation",
         )
-        with system_metrics(run):
-            metrics, table = evaluate_checkpoint(
-                checkpoint,
-                rp.spec.model,
-                benchmark=ev.benchmark,
-                data_dir=data_dirs[ev.source],
-                split=ev.split,
-                tasks=list(ev.tasks),
-                max_images=ev.max_images,
-                batch_size=ev.batch_size,
-                seed=ev.seed,
-                template=template,
-                end_sym=last.end_sym,
-                log=logger.info,
+        metrics: dict[str, float] = {}
+        for split in [ev.split, *ev.extra_splits]:
+            logger.info(
+                f"evaluating on split {split}" + (" (reported, not gated)" if split != ev.split else "")
             )
+            with system_metrics(run):
+                scores, table = evaluate_checkpoint(
+                    checkpoint,
+                    rp.spec.model,
+                    benchmark=ev.benchmark,
+                    data_dir=data_dirs[ev.source],
+                    split=split,
+                    tasks=list(ev.tasks),
+                    max_images=ev.max_images,
+                    batch_size=ev.batch_size,
+                    seed=ev.seed,
+                    template=template,
+                    end_sym=last.end_sym,
+                    log=logger.info,
+                )
+            prefix = "" if split == ev.split else f"{split}."
+            metrics.update({f"{prefix}{k}": v for k, v in scores.items()})
+            run.log_table(table, f"{prefix}predictions.json")
+            if ev.benchmark == "shapes_world" and "vqa" in ev.tasks:
+                run.log_dict(shapes_confusion(table), f"{prefix}confusion.json")
         run.log_metrics(metrics)
-        run.log_table(table, "predictions.json")
-        run.log_figure(plots.scores(metrics), "plots/scores.png")
+        run.log_figure(plots.scores({k: v for k, v in metrics.items() if "." not in k}), "plots/scores.png")
     return {"metrics": metrics, "mlflow_run_id": run.run_id}
 
 

@@ -55,7 +55,8 @@ def mixture_shares(rows: Sequence[Mapping[str, Any]]) -> Any:
 def scores(metrics: Mapping[str, float]) -> Any:
     """Each `<name>` score with a `<name>_chance` beside it, as paired bars (scores without a chance
     level get a bar of their own)."""
-    names = [k for k in metrics if not k.endswith("_chance") and "_accuracy_" not in k]
+    skip = ("_chance", "_majority", "_gate", "_gate_met", "_parse_rate")
+    names = [k for k in metrics if not k.endswith(skip) and "_accuracy_" not in k]
     fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names)), 4))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [metrics[n] for n in names], width=0.4, label="model")

@@ -62,11 +62,42 @@ class Scene:
     shapes: tuple[PlacedShape, ...]
 
 
+# Colour-shape pairs that no train or "heldout" scene contains: every "heldout_novel" scene has at
+# least one, so that split asks about combinations the model has never seen (compositional).
+NOVEL_PAIRS: tuple[tuple[str, str], ...] = (("yellow", "triangle"), ("blue", "circle"))
+SEEN_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in NOVEL_PAIRS)
+# One layout in HELDOUT_SHARE is reserved for the held-out split: a train scene never has one, a
+# held-out scene always has one, so no held-out layout (and no held-out image) occurs in training.
+HELDOUT_SHARE = 5
+SPLITS = ("train", "heldout", "heldout_novel")
+
+Layout = tuple[tuple[tuple[int, int], str, str], ...]
+
+
+def layout_of(scene: Scene) -> Layout:
+    """What a scene's answers depend on: each shape's cell, colour and shape (not its jitter)."""
+    return tuple(sorted((s.cell, s.colour, s.shape) for s in scene.shapes))
+
+
+def layout_reserved(layout: Layout, seed: int) -> bool:
+    """Whether `layout` belongs to the held-out split (a seeded hash: stable across runs)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"shapes-world-layout:{seed}:{layout}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % HELDOUT_SHARE == 0
+
+
 def _scene(key: str, split: str, rng: random.Random, canvas: int, max_shapes: int) -> Scene:
     count = rng.randint(1, max_shapes)
     cells = sorted(rng.sample([(r, c) for r in range(3) for c in range(3)], count))
     # distinct (colour, shape) pairs: "the red circle" then always names one shape
-    pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
+    if split == "heldout_novel":  # one novel pair, the others from every pair
+        first = NOVEL_PAIRS[rng.randrange(len(NOVEL_PAIRS))]
+        rest = rng.sample([p for p in (*SEEN_PAIRS, *NOVEL_PAIRS) if p != first], count - 1)
+        pairs = [first, *rest]
+        rng.shuffle(pairs)
+    else:
+        pairs = rng.sample(SEEN_PAIRS, count)
     cell = canvas / 3
     placed = []
     for (row, col), (colour, shape) in zip(cells, pairs, strict=True):
@@ -78,19 +109,35 @@ def _scene(key: str, split: str, rng: random.Random, canvas: int, max_shapes: in
 
 
 def generate_scenes(
-    num_train: int, num_heldout: int, seed: int, canvas_size: int = 64, max_shapes: int = 3
+    num_train: int,
+    num_heldout: int,
+    seed: int,
+    canvas_size: int = 64,
+    max_shapes: int = 3,
+    num_heldout_novel: int = 0,
 ) -> list[Scene]:
-    """Train scenes then held-out scenes; scene i of a split depends only on (seed, split, i)."""
+    """Train scenes, then held-out scenes, then "heldout_novel" scenes; scene i of a split depends
+    only on (seed, split, i).
+
+    By construction: a held-out scene's layout (cells, colours, shapes) never occurs in training
+    (`layout_reserved`), and a heldout_novel scene holds a colour-shape pair no other split has
+    (`NOVEL_PAIRS`). A draw that breaks its split's rule is drawn again from the same seeded stream.
+    """
     if not 1 <= max_shapes <= 9:
         raise ValueError(f"max_shapes must be 1-9, got {max_shapes}")
     if canvas_size < 12:
         raise ValueError(f"canvas_size must be at least 12 px, got {canvas_size}")
     scenes = []
-    for split, n in (("train", num_train), ("heldout", num_heldout)):
+    for split, n in (("train", num_train), ("heldout", num_heldout), ("heldout_novel", num_heldout_novel)):
         for i in range(n):
             # a string seed is hashed with SHA-512 by `random`: stable across runs and platforms
             rng = random.Random(f"shapes-world:{seed}:{split}:{i}")
-            scenes.append(_scene(f"sw-{split}-{i:06d}", split, rng, canvas_size, max_shapes))
+            while True:
+                scene = _scene(f"sw-{split}-{i:06d}", split, rng, canvas_size, max_shapes)
+                reserved = layout_reserved(layout_of(scene), seed)
+                if split == "heldout_novel" or reserved == (split == "heldout"):
+                    break
+            scenes.append(scene)
     return scenes
 
 
@@ -362,11 +409,12 @@ def in_memory_records(
     canvas_size: int = 64,
     max_shapes: int = 3,
     image_size: int | None = None,
+    num_heldout_novel: int = 0,
 ) -> list[dict[str, Any]]:
     """Records as `tasks.ingest.read_records` yields them, rendered in memory (for tests and
     benchmarks of what comes after ingest; the ingest path itself downloads them)."""
     records = []
-    for scene in generate_scenes(num_train, num_heldout, seed, canvas_size, max_shapes):
+    for scene in generate_scenes(num_train, num_heldout, seed, canvas_size, max_shapes, num_heldout_novel):
         image = render(scene)
         if image_size is not None and image_size != canvas_size:
             image = image.resize((image_size, image_size), Image.Resampling.BOX)

@@ -37,15 +37,27 @@ def report(summary: dict, home: Path) -> None:
         if st.get("loss_start") is not None:
             print(f"  {st['stage']:<24} loss {st['loss_start']:.3f} -> {st['loss_end']:.3f}")
     metrics = summary["metrics"]
-    for name in ("vqa", "refer"):
-        if f"{name}_accuracy" in metrics:
+    splits = [""] + sorted({k.split(".", 1)[0] + "." for k in metrics if "." in k})
+    for prefix in splits:
+        if prefix:
+            print(f"  on split {prefix[:-1]} (reported, not gated):")
+        for name in ("vqa", "refer"):
+            key = f"{prefix}{name}_accuracy"
+            if key not in metrics:
+                continue
+            line = f"  {name + '_accuracy':<24} {metrics[key]:.3f}  (chance {metrics[f'{prefix}{name}_chance']:.3f}"
+            if f"{prefix}{name}_majority" in metrics:
+                line += f", majority {metrics[f'{prefix}{name}_majority']:.3f}"
+            line += ")"
+            if not prefix and f"{name}_gate" in metrics:
+                met = "met" if metrics.get(f"{name}_gate_met") else "NOT met"
+                line += f"  gate {metrics[f'{name}_gate']:.3f}: {met}"
+            print(line)
+        if f"{prefix}caption_bleu4" in metrics:
             print(
-                f"  {name + '_accuracy':<24} {metrics[name + '_accuracy']:.3f}  (chance {metrics[name + '_chance']:.3f})"
+                f"  {'caption_bleu4':<24} {metrics[f'{prefix}caption_bleu4']:.3f}  "
+                f"(chance {metrics[f'{prefix}caption_bleu4_chance']:.3f})"
             )
-    if "caption_bleu4" in metrics:
-        print(
-            f"  {'caption_bleu4':<24} {metrics['caption_bleu4']:.3f}  (chance {metrics['caption_bleu4_chance']:.3f})"
-        )
     print(f"checkpoint      {summary['checkpoint']}")
     print(f"run folder      {summary['run_dir']}")
     print(f"MLflow store    {uri}  (experiment {summary['experiment']}, run {summary['mlflow_run_id']})")

@@ -16,6 +16,7 @@ from typing import Any
 from model.build import BuiltModel, build_model
 from model.checkpoint import read_manifest
 from tasks import shapes_world
+from tasks.data.records import SourceRecords
 from tasks.evaluate.shapes import evaluate_shapes
 from tasks.ingest import read_records
 
@@ -38,6 +39,8 @@ def _shapes_world(
     records = list(itertools.islice(read_records(Path(data_dir), split=split), max_images))
     if not records:
         raise ValueError(f"no records in split {split!r} of {data_dir}")
+    train = SourceRecords(data_dir, "train")  # annotations only (no image is decoded): the majority baseline
+    train_annotations = [train.meta(i)["annotations"] for i in range(len(train))]
     return evaluate_shapes(
         built.model,
         built.tokenizer,
@@ -49,6 +52,7 @@ def _shapes_world(
         end_sym=end_sym,
         batch_size=batch_size,
         seed=seed,
+        train_annotations=train_annotations,
         log=log,
     )
 

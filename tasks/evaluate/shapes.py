@@ -33,10 +33,17 @@ def evaluate_shapes(
     end_sym: str = "###",
     batch_size: int = 64,
     seed: int = 0,
+    train_annotations: list[dict] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics (vqa_accuracy, vqa_chance, refer_accuracy, refer_chance, caption_bleu4, ...) and a
-    table of every prediction."""
+    table of every prediction.
+
+    Two VQA baselines: `vqa_chance` (uniform over each question type's answers) and, given the
+    training scenes' annotations, `vqa_majority` (a blind model that always gives the most common
+    training answer of the question's type). `vqa_gate` = (1 + the stronger baseline) / 2 and
+    `refer_gate` = 3 x refer_chance are the levels a model that learnt should reach
+    (`*_gate_met` 1.0 or 0.0)."""
     rng = random.Random(seed)
 
     def answer(items: list[tuple[TaskExample, Any]], max_new_tokens: int) -> list[str]:
@@ -68,6 +75,15 @@ def evaluate_shapes(
         hits = [normalise_answer(p) == normalise_answer(g) for p, g in zip(preds, golds, strict=True)]
         metrics["vqa_accuracy"] = sum(hits) / len(hits)
         metrics["vqa_chance"] = sum(1 / len(shapes_world.answer_choices(t)) for t in qtypes) / len(qtypes)
+        baseline = metrics["vqa_chance"]
+        if train_annotations:
+            majority = majority_answers(train_annotations, seed)
+            metrics["vqa_majority"] = sum(
+                normalise_answer(g) == majority.get(t) for g, t in zip(golds, qtypes, strict=True)
+            ) / len(golds)
+            baseline = max(baseline, metrics["vqa_majority"])
+        metrics["vqa_gate"] = (1 + baseline) / 2
+        metrics["vqa_gate_met"] = float(metrics["vqa_accuracy"] >= metrics["vqa_gate"])
         for qtype in sorted(set(qtypes)):
             sel = [h for h, t in zip(hits, qtypes, strict=True) if t == qtype]
             metrics[f"vqa_accuracy_{qtype.replace('/', '_')}"] = sum(sel) / len(sel)
@@ -79,8 +95,9 @@ def evaluate_shapes(
                 "gold": g,
                 "prediction": p,
                 "correct": h,
+                "qtype": t,
             }
-            for (ex, _), g, p, h in zip(items, golds, preds, hits, strict=True)
+            for (ex, _), g, p, h, t in zip(items, golds, preds, hits, qtypes, strict=True)
         ]
     if "refer" in tasks:
         items, boxes = [], []
@@ -99,6 +116,8 @@ def evaluate_shapes(
             boxes
         )
         metrics["refer_parse_rate"] = sum(bool(p) for p in parsed) / len(parsed)
+        metrics["refer_gate"] = 3 * metrics["refer_chance"]
+        metrics["refer_gate_met"] = float(metrics["refer_accuracy"] >= metrics["refer_gate"])
         table += [
             {
                 "task": "refer",
@@ -126,5 +145,47 @@ def evaluate_shapes(
         key = name if name.startswith("caption") else f"{name}_accuracy"
         chance = f"{name}_chance" if name.startswith("caption") else f"{name}_chance"
         if key in metrics:
-            log(f"{key:>16}: {metrics[key]:.3f}   (chance {metrics[chance]:.3f})")
+            extra = (
+                f", majority {metrics['vqa_majority']:.3f}"
+                if name == "vqa" and "vqa_majority" in metrics
+                else ""
+            )
+            gate = f"; gate {metrics[name + '_gate']:.3f}" if f"{name}_gate" in metrics else ""
+            log(f"{key:>16}: {metrics[key]:.3f}   (chance {metrics[chance]:.3f}{extra}{gate})")
     return metrics, table
+
+
+def majority_answers(train_annotations: list[dict], seed: int = 0) -> dict[str, str]:
+    """Each question type's most common answer over the training scenes' questions (asked as the
+    evaluation asks them): what a model that ignores the image would learn to say."""
+    from collections import Counter, defaultdict
+
+    rng = random.Random(seed)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for ann in train_annotations:
+        for q in shapes_world.vqa_items(ann, rng):
+            counts[q["qtype"]][normalise_answer(q["answer"])] += 1
+    return {qtype: c.most_common(1)[0][0] for qtype, c in counts.items()}
+
+
+def confusion(table: list[dict], top: int = 5) -> dict[str, dict]:
+    """Per question type: accuracy, and its most frequent wrong answers as `gold -> prediction`."""
+    from collections import Counter, defaultdict
+
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for row in table:
+        if row.get("task") == "vqa":
+            rows[row["qtype"]].append(row)
+    out = {}
+    for qtype, group in sorted(rows.items()):
+        wrong = Counter(
+            f"{normalise_answer(r['gold'])} -> {normalise_answer(r['prediction'])}"
+            for r in group
+            if not r["correct"]
+        )
+        out[qtype] = {
+            "questions": len(group),
+            "accuracy": sum(bool(r["correct"]) for r in group) / len(group),
+            "top_confusions": dict(wrong.most_common(top)),
+        }
+    return out

@@ -121,7 +121,9 @@ def prepared_input(spec: SourceSpec, output_dir: Path, fp: str, log: Log) -> Ite
 
         cfg = spec.shapes_world
         assert cfg is not None
-        scenes = sw.generate_scenes(cfg.num_train, cfg.num_heldout, cfg.seed, cfg.canvas_size, cfg.max_shapes)
+        scenes = sw.generate_scenes(
+            cfg.num_train, cfg.num_heldout, cfg.seed, cfg.canvas_size, cfg.max_shapes, cfg.num_heldout_novel
+        )
         with sw.ShapesWorldServer(scenes) as server:
             # the URLs carry this run's port, so the list is rewritten on every run (the rows,
             # and so the shards, stay the same)

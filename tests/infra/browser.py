@@ -104,6 +104,23 @@ class Browser:
                 )
             time.sleep(1)
 
+    def click_until(self, selector_js: str, *needles: str, timeout_s: float = 90) -> str:
+        """Click the element `selector_js` finds (once it is there) until the page text holds
+        every needle; returns the text."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            clicked = self.js(
+                f"(() => {{ const e = {selector_js}; if (!e) return false; e.click(); return true; }})()"
+            )
+            if clicked:
+                try:
+                    return self.wait_for(*needles, timeout_s=5)
+                except AssertionError:
+                    pass
+            if time.monotonic() > deadline:
+                return self.wait_for(*needles, timeout_s=1)
+            time.sleep(1)
+
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.parent.mkdir(parents=True, exist_ok=True)

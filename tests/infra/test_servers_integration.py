@@ -41,15 +41,24 @@ DEPLOYMENTS = {
 
 
 def api(stack, method: str, path: str, body=None):
-    request = urllib.request.Request(
-        f"{stack.prefect_api}{path}",
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
-        text = response.read()
-    return json.loads(text) if text else None
+    """One call to the Prefect server's REST API; a 503 (SQLite busy under load) is retried, as
+    Prefect's own client does."""
+    for attempt in range(10):
+        request = urllib.request.Request(
+            f"{stack.prefect_api}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+                text = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 9:
+                raise
+            time.sleep(1 + attempt)
+            continue
+        return json.loads(text) if text else None
 
 
 @pytest.fixture(scope="module")
@@ -285,9 +294,12 @@ def test_the_uis_show_the_stage_runs_a_loss_chart_and_the_flow_runs(stack):
     try:
         # MLflow: the experiment opens on its training runs; the pipeline's run expands to its stages
         browser.open(f"{stack.mlflow}/#/experiments/{recorded['experiment']}/runs")
-        browser.wait_for("Training runs", "it")
-        browser.js("document.querySelector('button[data-component-id*=runnamecellrenderer]').click()")
-        text = browser.wait_for(*[f"mini-demo/{s}/seed" for s in STAGES], "mini-demo/evaluate/seed")
+        browser.wait_for("Training runs", "matching runs", "\nit\n")
+        text = browser.click_until(  # the pipeline's run opens to its nested runs
+            "document.querySelector('button[data-component-id*=runnamecellrenderer]')",
+            *[f"mini-demo/{s}/seed" for s in STAGES],
+            "mini-demo/evaluate/seed",
+        )
         assert "shapes_world:train" in text  # the dataset column
         browser.screenshot(SCREENSHOTS / "mlflow-runs.png")
         # a stage's loss chart
@@ -303,11 +315,12 @@ def test_the_uis_show_the_stage_runs_a_loss_chart_and_the_flow_runs(stack):
         browser.open(f"{stack.prefect_ui}/runs/flow-run/{pipeline['id']}")
         browser.wait_for("it", "Completed", "Subflow Runs")
         browser.screenshot(SCREENSHOTS / "prefect-pipeline-run.png")
-        browser.js(
+        browser.click_until(
             "Array.from(document.querySelectorAll('[role=tab], button, a'))"
-            ".find(e => e.innerText.trim() === 'Subflow Runs').click()"
+            ".find(e => e.innerText.trim() === 'Subflow Runs')",
+            "it/evaluate",
+            *[f"it/{s}" for s in STAGES],
         )
-        browser.wait_for("it/evaluate", *[f"it/{s}" for s in STAGES])
         browser.screenshot(SCREENSHOTS / "prefect-stage-runs.png")
         browser.open(f"{stack.prefect_ui}/runs")
         browser.wait_for("it/evaluate", *[f"it/{s}" for s in STAGES])

@@ -176,3 +176,61 @@ def test_url_list_and_server(tmp_path):
         assert server.served == {"ok": 1, "404": 1}
     with pytest.raises(OSError):  # stopped: nothing listens any more
         urllib.request.urlopen(table[0]["url"], timeout=2)
+
+
+def test_held_out_scenes_share_no_layout_and_no_image_with_training_at_the_shipped_sizes():
+    """The demo's own source spec: no held-out layout (cells, colours, shapes: what every answer
+    depends on) occurs in training, no held-out image is byte-identical to a training image, and
+    every heldout_novel scene has a colour-shape pair that neither other split has."""
+    import hashlib
+    from pathlib import Path
+
+    import yaml
+
+    from tasks import shapes_world as sw
+
+    spec = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "data_specs/sources/shapes_world.yaml").read_text()
+    )
+    cfg = spec["shapes_world"]
+    assert cfg["num_heldout"] >= 400 and cfg["num_heldout_novel"] >= 200
+    scenes = sw.generate_scenes(
+        cfg["num_train"],
+        cfg["num_heldout"],
+        cfg["seed"],
+        cfg["canvas_size"],
+        cfg["max_shapes"],
+        cfg["num_heldout_novel"],
+    )
+    by_split: dict[str, list] = {}
+    for scene in scenes:
+        by_split.setdefault(scene.split, []).append(scene)
+    assert {k: len(v) for k, v in by_split.items()} == {
+        "train": cfg["num_train"],
+        "heldout": cfg["num_heldout"],
+        "heldout_novel": cfg["num_heldout_novel"],
+    }
+    layouts = {split: {sw.layout_of(s) for s in group} for split, group in by_split.items()}
+    assert not layouts["train"] & layouts["heldout"]
+    assert not layouts["train"] & layouts["heldout_novel"]
+    images = {
+        split: {hashlib.sha256(sw.png_bytes(s)).digest() for s in group} for split, group in by_split.items()
+    }
+    assert not images["train"] & (images["heldout"] | images["heldout_novel"])
+    novel = set(sw.NOVEL_PAIRS)
+    for split, group in by_split.items():
+        for scene in group:
+            pairs = {(s.colour, s.shape) for s in scene.shapes}
+            assert bool(pairs & novel) == (split == "heldout_novel"), (split, scene.key, pairs)
+    # the held-out split still covers every question type's answers
+    assert {s.colour for scene in by_split["heldout"] for s in scene.shapes} == set(sw.COLOURS)
+    assert {len(scene.shapes) for scene in by_split["heldout"]} == {1, 2, 3}
+
+
+def test_scenes_stay_a_function_of_seed_split_and_index():
+    from tasks import shapes_world as sw
+
+    a = sw.generate_scenes(20, 10, 3, num_heldout_novel=5)
+    b = sw.generate_scenes(20, 10, 3, num_heldout_novel=5)
+    assert a == b
+    assert sw.generate_scenes(10, 10, 3)[10:] == a[20:30]  # held-out scene i does not depend on num_train

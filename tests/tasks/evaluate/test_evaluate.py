@@ -88,3 +88,48 @@ def test_shapes_benchmark_reports_each_task_beside_its_chance_and_every_predicti
     assert counts == {"vqa": len(questions), "refer": len(records), "caption": len(records)}
     hits = [row["correct"] for row in table if row["task"] == "vqa"]
     assert metrics["vqa_accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_the_blind_majority_baseline_and_the_gate_use_the_training_answers(built):
+    """vqa_majority: always the training set's most common answer of the question's type; the gate
+    is (1 + the stronger baseline) / 2; the confusion summary counts each wrong gold -> prediction."""
+    from collections import Counter
+
+    from tasks.evaluate.shapes import confusion, majority_answers
+
+    records = shapes_world.in_memory_records(60, 6, seed=7)
+    train = [r["annotations"] for r in records if r["split"] == "train"]
+    heldout = [r for r in records if r["split"] == "heldout"]
+    majority = majority_answers(train, seed=0)
+    rng = random.Random(0)
+    by_type: dict[str, Counter] = {}
+    for ann in train:
+        for q in shapes_world.vqa_items(ann, rng):
+            by_type.setdefault(q["qtype"], Counter())[q["answer"].lower()] += 1
+    assert majority == {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+
+    metrics, table = evaluate_shapes(
+        built.model,
+        built.tokenizer,
+        built.preprocess,
+        heldout,
+        tasks=["vqa", "refer"],
+        num_query_tokens=built.preset.num_query_tokens,
+        batch_size=16,
+        seed=0,
+        train_annotations=train,
+        log=lambda _m: None,
+    )
+    rows = [r for r in table if r["task"] == "vqa"]
+    expected = sum(r["gold"].lower() == majority[r["qtype"]] for r in rows) / len(rows)
+    assert metrics["vqa_majority"] == pytest.approx(expected)
+    baseline = max(metrics["vqa_chance"], metrics["vqa_majority"])
+    assert metrics["vqa_gate"] == pytest.approx((1 + baseline) / 2)
+    assert metrics["vqa_gate_met"] == float(metrics["vqa_accuracy"] >= metrics["vqa_gate"])
+    assert metrics["refer_gate"] == pytest.approx(3 * metrics["refer_chance"])
+    summary = confusion(table)
+    assert sum(s["questions"] for s in summary.values()) == len(rows)
+    for qtype, s in summary.items():
+        wrong = [r for r in rows if r["qtype"] == qtype and not r["correct"]]
+        assert sum(s["top_confusions"].values()) <= len(wrong)
+        assert s["accuracy"] == pytest.approx(1 - len(wrong) / s["questions"])
