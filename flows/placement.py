@@ -138,9 +138,8 @@ def run_placed(
     step. Returns the completed flow run; raises PlacementError with the cause otherwise."""
     delay = retry_delay_s
     for attempt in range(retries + 1):
-        name = flow_run_name if attempt == 0 else f"{flow_run_name} (retry {attempt})"
-        started = time.time()
-        flow_run = _run_and_wait(deployment, parameters, name, poll_s, log)
+        started = time.time()  # a retry is a new flow run of the same name (the flow names its runs)
+        flow_run = _run_and_wait(deployment, parameters, flow_run_name, poll_s, log)
         state = flow_run.state
         if state.is_completed():
             return flow_run
