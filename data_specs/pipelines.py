@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from data_specs.loader import Seed, SpecError, SpecModel, load_spec
-from data_specs.registry import BENCHMARKS, PRESETS, Name
+from data_specs.registry import BENCHMARKS, OFFICIAL_BENCHMARKS, PRESETS, TASK_TYPES, Name, check_name
 from data_specs.sources import SourceSpec, check_source_files, load_source_spec, splits_of
 from data_specs.stages import StageSpec, check_stage_files, load_stage_spec
 from model.lora import DEFAULT_LORA
@@ -47,6 +47,42 @@ class ModelSpec(SpecModel):
     )
 
 
+class AskSpec(SpecModel):
+    """How one official benchmark is asked (tasks/evaluate/official holds each one's default)."""
+
+    prompt: str | None = Field(
+        None,
+        description="Prompt template: {question}, {choices} (lettered options) and the item's text fields "
+        "(e.g. ScienceQA's {context}); None: the benchmark's default.",
+    )
+    task: Name(TASK_TYPES, "task type") | None = Field(  # type: ignore[valid-type]
+        None, description="Task whose identifier the prompt carries ([vqa], [refer], ...); None: the default."
+    )
+    split: str | None = Field(
+        None, description="Split of the release; None: the benchmark's evaluation split."
+    )
+    max_items: int | None = Field(None, gt=0, description="Evaluate the first N items only.")
+    max_new_tokens: int | None = Field(None, gt=0)
+
+
+class OfficialEvaluationSpec(SpecModel):
+    data_root: Path = Field(
+        description="Folder holding each release in a sub-folder named after the benchmark (refcoco, "
+        "refcocop and refcocog share refcoco/); relative to the pipeline spec."
+    )
+    benchmarks: dict[str, AskSpec] = Field(
+        min_length=1, description="Benchmark name -> how to ask it ({} for the defaults)."
+    )
+    batch_size: int = Field(16, gt=0)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, value: dict[str, AskSpec]) -> dict[str, AskSpec]:
+        for name in value:
+            check_name(name, OFFICIAL_BENCHMARKS, "official benchmark")
+        return value
+
+
 class EvaluationSpec(SpecModel):
     benchmark: Name(BENCHMARKS, "benchmark") = Field(  # type: ignore[valid-type]
         "shapes_world", description="Benchmark from the registry (data_specs/registry.py BENCHMARKS)."
@@ -64,6 +100,11 @@ class EvaluationSpec(SpecModel):
     max_images: int = Field(200, gt=0, description="Held-out images to use (each gives several questions).")
     batch_size: int = Field(64, gt=0)
     seed: Seed = 0
+    official: OfficialEvaluationSpec | None = Field(
+        None,
+        description="Official benchmarks (GQA, VSR, ...) run after the benchmark above, each a mapped "
+        "Prefect task, beside the paper's Table 2.",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -237,6 +278,9 @@ def missing_data_files(rp: ResolvedPipeline) -> list[str]:
     init = rp.spec.model.projection_init
     if init is not None and not init.is_file():
         missing.append(f"{rp.path}: model.projection_init: no such file {init}")
+    official = rp.spec.evaluation.official if rp.spec.evaluation is not None else None
+    if official is not None and not official.data_root.is_dir():
+        missing.append(f"{rp.path}: evaluation.official.data_root: no such folder {official.data_root}")
     for name, source in rp.sources.items():
         if source.url_list is not None and not source.url_list.exists():
             missing.append(f"{rp.source_paths[name]}: url_list: no such file or folder {source.url_list}")
@@ -259,11 +303,16 @@ def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipe
     folders, projection_init): a spec for another machine validates on this one."""
     path = Path(path).resolve()
     spec = load_spec(PipelineSpec, path)
+    official = spec.evaluation.official if spec.evaluation is not None else None
+    if official is not None and not official.data_root.is_absolute():
+        official.data_root = (path.parent / official.data_root).resolve()
     init = spec.model.projection_init
     if init is not None and not init.is_absolute():
         spec.model.projection_init = init = (path.parent / init).resolve()
     if check_files and init is not None and not init.is_file():
         raise SpecError(path, "model.projection_init", f"no such file {init}")
+    if check_files and official is not None and not official.data_root.is_dir():
+        raise SpecError(path, "evaluation.official.data_root", f"no such folder {official.data_root}")
     sources: dict[str, SourceSpec] = {}
     source_paths: dict[str, Path] = {}
     for i, src_path in enumerate(spec.sources):

@@ -192,6 +192,28 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
 )
 
 
+# The official benchmarks `vlmpipe evaluate` and a pipeline's `evaluation.official` run, by name (the
+# readers and metrics are tasks/evaluate/official; a test keeps the two lists equal), with the task
+# type each is asked with by default.
+OFFICIAL_BENCHMARKS: Mapping[str, str] = MappingProxyType(
+    {
+        "gqa": "vqa",
+        "vsr": "vqa",
+        "iconqa": "vqa",
+        "vizwiz": "vqa",
+        "hateful_memes": "vqa",
+        "vqav2": "vqa",
+        "okvqa": "vqa",
+        "scienceqa_img": "vqa",
+        "coco_caption": "caption",
+        "mme": "vqa",
+        "refcoco": "refer",
+        "refcocop": "refer",
+        "refcocog": "refer",
+    }
+)
+
+
 def unknown_name(kind: str, value: object, known: Mapping[str, Any] | tuple[str, ...]) -> str:
     """One line for a name that is not in its registry: the name, a close match, the known names."""
     names = sorted(known)
@@ -219,6 +241,7 @@ def Name(known: Mapping[str, Any] | tuple[str, ...], kind: str) -> Any:  # noqa:
 __all__ = [
     "BENCHMARKS",
     "CONTRASTIVE_LOSSES",
+    "OFFICIAL_BENCHMARKS",
     "DATASET_FORMATS",
     "GROUPS",
     "PRESETS",

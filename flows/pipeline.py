@@ -345,6 +345,29 @@ def _evaluate(rp, checkpoint, home, run_name, parent, tracking_uri) -> dict:  # 
             run.log_table(table, f"{prefix}predictions.json")
             if ev.benchmark == "shapes_world" and "vqa" in ev.tasks:
                 run.log_dict(shapes_confusion(table), f"{prefix}confusion.json")
+        if ev.official is not None:  # the official benchmarks, each a mapped task, into this same run
+            from flows.evaluate import run_official
+            from tasks.evaluate.paper import format_table
+
+            official = run_official(
+                checkpoint,
+                list(ev.official.benchmarks),
+                str(ev.official.data_root),
+                {
+                    "model": rp.spec.model.model_dump(mode="json"),
+                    "template": template,
+                    "end_sym": last.end_sym,
+                },
+                asks={n: a.model_dump(exclude_none=True) for n, a in ev.official.benchmarks.items()},
+                batch_size=ev.official.batch_size,
+                tracking=run.handle(),
+            )
+            for name, result in official["benchmarks"].items():
+                metrics.update(
+                    {f"{name}.{k}": v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+                )
+            run.log_table(official["comparison"], "paper_table2.json")
+            run.log_text(format_table(official["comparison"]), "paper_table2.txt")
         run.log_metrics(metrics)
         run.log_figure(plots.scores({k: v for k, v in metrics.items() if "." not in k}), "plots/scores.png")
     return {"metrics": metrics, "mlflow_run_id": run.run_id}

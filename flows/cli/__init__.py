@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from flows.cli import ingest, run, servers, spec
+from flows.cli import evaluate, ingest, run, servers, spec
 
 
 def print_error(message: str) -> None:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parsers(sub)
     ingest.add_parsers(sub)
     servers.add_parsers(sub)
+    evaluate.add_parsers(sub)
     return parser
 
 
