@@ -93,7 +93,7 @@ def write_smoke_specs(
         model["preset"] = preset
     positions = int(PRESETS[model["preset"]].lm_kwargs.get("max_position_embeddings", 10**9))
     source = yaml.safe_load(SHAPES_SOURCE.read_text())
-    source["shapes_world"].update(num_train=96, num_heldout=16)
+    source["shapes_world"].update(num_train=96, num_heldout=16, num_heldout_novel=16)
     source["number_sample_per_shard"] = 64
     (out_dir / "shapes_world.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
     stage_files = []

@@ -21,7 +21,7 @@ STAGES = [
 def mini_pipeline(folder: Path) -> Path:
     """The demo's specs, shrunk: few images, a handful of steps per stage."""
     source = yaml.safe_load((SPECS / "sources" / "shapes_world.yaml").read_text())
-    source["shapes_world"].update(num_train=96, num_heldout=12)
+    source["shapes_world"].update(num_train=96, num_heldout=12, num_heldout_novel=12)
     source["number_sample_per_shard"] = 40
     (folder / "shapes_world.yaml").write_text(yaml.safe_dump(source))
     for name in STAGES:
