@@ -9,7 +9,14 @@ torch and transformers; `from model import VisionLanguageModel` loads the compon
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+# bitsandbytes (imported by peft) logs at import, on CPUs with AVX512-BF16, that it could not fetch a
+# 4-bit kernel from the Hugging Face hub (its built-in fallback is what runs), and LLM.int8() logs on
+# every CPU matmul that it casts float32 inputs to float16. Neither is something a user can act on.
+for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 _EXPORTS = {
     "BuiltModel": "build",

@@ -41,8 +41,10 @@ def generate_tokens(
     eos_token_ids: list[int],
     temperature: float = 0.0,
     top_p: float = 1.0,
+    use_cache: bool = True,
 ) -> list[list[int]]:
-    """New token ids per row, stopping at (and excluding) the first eos."""
+    """New token ids per row, stopping at (and excluding) the first eos. `use_cache=False` re-runs
+    the whole sequence at every step (the reference the KV cache must agree with; slower)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if not bool(attention_mask[:, -1].all()):
@@ -67,9 +69,9 @@ def generate_tokens(
             inputs_embeds=embeds,
             attention_mask=padded_prompt_mask(mask, embeds.dtype),
             position_ids=positions,
-            use_cache=True,
+            use_cache=use_cache,
         )
-        cache = out.past_key_values
+        cache = out.past_key_values if use_cache else None
         logits = out.logits[:, -1]
         next_position = positions[:, -1:] + 1
         eos = torch.tensor(sorted(set(eos_token_ids)), device=embeds.device, dtype=torch.long)
@@ -83,6 +85,16 @@ def generate_tokens(
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if not use_cache:
+                embeds = torch.cat([embeds, lm.get_input_embeddings()(tokens[:, None])], dim=1)
+                out = lm(
+                    inputs_embeds=embeds,
+                    attention_mask=padded_prompt_mask(mask, embeds.dtype),
+                    position_ids=padded_positions(mask),
+                    use_cache=False,
+                )
+                logits = out.logits[:, -1]
+                continue
             out = lm(
                 inputs_embeds=lm.get_input_embeddings()(tokens[:, None]),
                 attention_mask=decode_step_mask(mask, embeds.dtype),

@@ -223,10 +223,19 @@ class VisionLanguageModel(nn.Module):
         eos_token_ids: list[int],
         temperature: float = 0.0,
         top_p: float = 1.0,
+        use_cache: bool = True,
     ) -> list[list[int]]:
         """Decode left-padded prompts; returns the new tokens of each row, without the eos."""
         return generate_tokens(
-            self, input_ids, attention_mask, pixel_values, max_new_tokens, eos_token_ids, temperature, top_p
+            self,
+            input_ids,
+            attention_mask,
+            pixel_values,
+            max_new_tokens,
+            eos_token_ids,
+            temperature,
+            top_p,
+            use_cache=use_cache,
         )
 
     # ---------------------------------------------------------------------------------- utility

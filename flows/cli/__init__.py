@@ -1,4 +1,5 @@
-"""The `vlmpipe` command: validate and preview specs, ingest a source, run a pipeline, run the demo.
+"""The `vlmpipe` command: validate and preview specs, ingest a source, run a pipeline, run the demo,
+evaluate a checkpoint, ask a trained model (chat, generate) and export it.
 
 One module per command group (`spec.py`, `ingest.py`, `run.py`), each adding its parser and
 importing what its commands need only when they run, so `vlmpipe --help` and `vlmpipe spec
@@ -15,7 +16,7 @@ import argparse
 import os
 import sys
 
-from flows.cli import evaluate, ingest, run, servers, spec
+from flows.cli import ask, evaluate, ingest, run, servers, spec
 
 
 def print_error(message: str) -> None:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_parsers(sub)
     servers.add_parsers(sub)
     evaluate.add_parsers(sub)
+    ask.add_parsers(sub)
     return parser
 
 

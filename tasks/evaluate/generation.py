@@ -1,4 +1,4 @@
-"""Greedy answers from a model for (example, image) pairs: prompts rendered by the one template
+"""Answers from a model (greedy unless a temperature is given) for (example, image) pairs: prompts rendered by the one template
 registry (tasks/data/templates.py) and encoded as in training, left-padded, decoded to the end symbol.
 """
 
@@ -27,9 +27,12 @@ def generate_answers(
     max_new_tokens: int,
     batch_size: int,
     instructions: list[str] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> list[str]:
-    """Greedy answers for (example, PIL image) pairs, prompts rendered by the template registry
-    (with the task's default instructions, or `instructions`: ["{}"] asks the query as it is)."""
+    """Answers for (example, PIL image) pairs, prompts rendered by the template registry (with the
+    task's default instructions, or `instructions`: ["{}"] asks the query as it is). Greedy by
+    default; `temperature` > 0 samples, from the smallest set of tokens holding `top_p` of the mass."""
     model.eval()
     pad = pad_token_id(tokenizer)
     eos = [
@@ -59,13 +62,17 @@ def generate_answers(
         for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention[i, width - len(p) :] = 1
-        pixels = preprocess([image for _, image in chunk])
+        # a text-only item (image None) has no image placeholder: only the others' pixels go in
+        images = [image for _, image in chunk if image is not None]
+        pixels = preprocess(images) if images else None
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             pixel_values=pixels,
             max_new_tokens=max_new_tokens,
             eos_token_ids=eos,
+            temperature=temperature,
+            top_p=top_p,
         )
         answers += [clean_answer(tokenizer.decode(t, skip_special_tokens=True), end_sym) for t in out]
     return answers
