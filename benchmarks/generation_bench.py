@@ -67,7 +67,9 @@ def measure(args, precision: str, device: torch.device) -> dict:
         ids = torch.cat([images, text], dim=1).to(device)
         pixels = torch.randn(batch, 3, preset.image_size, preset.image_size, generator=g).to(device)
         timed_generate(model, ids, pixels, 4, device)  # warm-up (kernels, allocator, caches)
-        prefill = statistics.median(timed_generate(model, ids, pixels, 1, device) for _ in range(args.repeats))
+        prefill = statistics.median(
+            timed_generate(model, ids, pixels, 1, device) for _ in range(args.repeats)
+        )
         total = statistics.median(
             timed_generate(model, ids, pixels, args.new_tokens, device) for _ in range(args.repeats)
         )
@@ -105,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"generation: preset {args.preset} on {name}; prompt {args.prompt_tokens} tokens + 1 image, {args.new_tokens} new tokens")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"generation: preset {args.preset} on {name}; prompt {args.prompt_tokens} tokens + 1 image, {args.new_tokens} new tokens"
+    )
     base = results[0]
     header = f"{'precision':<10}{'batch':>6}{'prefill ms':>12}{'ms/token':>10}{'tok/s':>10}{'LM MB':>10}{'model MB':>10}"
     if device.type == "cuda":

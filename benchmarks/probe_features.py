@@ -74,9 +74,8 @@ def accuracy(layer, x, y, occupied_only: bool = False) -> float:
 
 
 def main() -> None:
-    from types import SimpleNamespace
 
-    from model.build import build_model
+    from model.build import build_model, model_choice
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -86,9 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     config = model_config(args.checkpoint, args.pipeline)
     spec = config["model"]
-    choice = SimpleNamespace(
-        preset=spec["preset"], pretrained=False, seed=spec["seed"], lora=SimpleNamespace(**spec["lora"])
-    )
+    choice = model_choice(spec)
     built, _ = build_model(choice, init_checkpoint=args.checkpoint, log=lambda _m: None)
     built.model.eval()
     splits = {"train": args.train, "heldout": 400, "heldout_novel": 200}

@@ -19,6 +19,7 @@ from data_specs.registry import BENCHMARKS, OFFICIAL_BENCHMARKS, PRESETS, TASK_T
 from data_specs.sources import SourceSpec, check_source_files, load_source_spec, splits_of
 from data_specs.stages import StageSpec, check_stage_files, load_stage_spec
 from model.lora import DEFAULT_LORA
+from model.presets import ABLATIONS
 
 
 class LoraSpec(SpecModel):
@@ -37,6 +38,24 @@ class ModelSpec(SpecModel):
     pretrained: bool = Field(False, description="Load the preset's published weights (needs the hub).")
     lora: LoraSpec = LoraSpec()
     seed: Seed = Field(0, description="Seed of the random initialisation (pretrained: false).")
+    ablate: list[Name(ABLATIONS, "ablation")] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description=(
+            "The paper's ablations, each removing exactly one module of TinyGPT-V's LM: lora (no "
+            "adapters), input_layernorm (Identity instead of each layer's input LayerNorm), "
+            "post_attention_norm (no RMSNorm after attention), qk_norm (Phi without QK LayerNorm). "
+            "Stages that name a removed group in `trainable` train the rest."
+        ),
+    )
+
+    @field_validator("ablate")
+    @classmethod
+    def _ablate_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({a for a in value if value.count(a) > 1})
+        if twice:
+            raise ValueError(f"ablation(s) named twice: {', '.join(twice)}")
+        return value
+
     projection_init: Path | None = Field(
         None,
         description=(

@@ -67,7 +67,6 @@ class Asker:
 
 def load_asker(path: str | Path, pipeline_spec: str | Path | None, precision: str = "fp32") -> Asker:
     """A model ready to answer, from a stage checkpoint or a merged export."""
-    from types import SimpleNamespace
 
     from model.inference import PRECISIONS, set_precision
 
@@ -84,7 +83,7 @@ def load_asker(path: str | Path, pipeline_spec: str | Path | None, precision: st
         template, end_sym = manifest["template"], manifest["end_sym"]
     else:
         from flows.evaluate_inputs import EvaluateError, model_config
-        from model.build import build_model
+        from model.build import build_model, model_choice
         from model.checkpoint import CheckpointError, verify_checkpoint
 
         try:
@@ -98,12 +97,7 @@ def load_asker(path: str | Path, pipeline_spec: str | Path | None, precision: st
         except EvaluateError as exc:
             raise AskError(str(exc)) from None
         spec = config["model"]
-        choice = SimpleNamespace(
-            preset=spec["preset"],
-            pretrained=False,  # every weight comes from the checkpoint; nothing is downloaded
-            seed=spec.get("seed", 0),
-            lora=SimpleNamespace(**spec["lora"]) if spec.get("lora") else None,
-        )
+        choice = model_choice(spec)
         built, _ = build_model(choice, init_checkpoint=path, log=lambda _m: None)
         template, end_sym = config["template"], config["end_sym"]
     set_precision(built.model, precision)

@@ -18,20 +18,14 @@ _MODEL_LOCK = threading.Lock()  # one model per process, built once; one generat
 
 
 def _built(checkpoint: str, config: dict[str, Any]) -> Any:
-    from types import SimpleNamespace
 
-    from model.build import build_model
+    from model.build import build_model, model_choice
     from model.checkpoint import read_manifest
 
     key = f"{checkpoint}:{json.dumps(config['model'], sort_keys=True)}"
     if key not in _MODELS:
         spec = config["model"]
-        choice = SimpleNamespace(
-            preset=spec["preset"],
-            pretrained=spec.get("pretrained", False),
-            seed=spec.get("seed", 0),
-            lora=SimpleNamespace(**spec["lora"]) if spec.get("lora") else None,
-        )
+        choice = model_choice(spec)
         size = read_manifest(checkpoint).get("metadata", {}).get("image_size")
         _MODELS[key], _ = build_model(
             choice, image_size=size, init_checkpoint=checkpoint, log=lambda _m: None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import io
-from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -49,16 +48,11 @@ class VlmpipeModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from model.build import build_model
+        from model.build import build_model, model_choice
 
         config = context.model_config
         spec = config["model"]
-        choice = SimpleNamespace(
-            preset=spec["preset"],
-            pretrained=spec.get("pretrained", False),
-            seed=spec.get("seed", 0),
-            lora=SimpleNamespace(**spec["lora"]) if spec.get("lora") else None,
-        )
+        choice = model_choice(spec)
         self.built, _ = build_model(
             choice,
             image_size=config.get("image_size"),

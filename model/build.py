@@ -34,7 +34,8 @@ class ModelChoice(Protocol):
     pretrained: bool
     seed: int
     lora: LoraChoice | None
-    # optional: projection_init (a MiniGPT-4 checkpoint for the first projection), read with getattr
+    # optional, read with getattr: projection_init (a MiniGPT-4 checkpoint for the first projection),
+    # ablate (names from model.language.ABLATIONS)
 
 
 @dataclass
@@ -50,6 +51,21 @@ def lora_settings(lora: LoraChoice | None) -> LoraSettings | None:
         return None
     return LoraSettings(
         r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=tuple(lora.target_modules)
+    )
+
+
+def model_choice(spec: dict[str, Any], *, pretrained: bool | None = None) -> Any:
+    """A ModelChoice from a pipeline spec's `model:` block as JSON (a run's resolved_config.json, a
+    registered model's config). `pretrained` overrides the block's (False: every weight comes from a
+    checkpoint, nothing is downloaded)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        preset=spec["preset"],
+        pretrained=spec.get("pretrained", False) if pretrained is None else pretrained,
+        seed=spec.get("seed", 0),
+        lora=SimpleNamespace(**spec["lora"]) if spec.get("lora") else None,
+        ablate=tuple(spec.get("ablate") or ()),
     )
 
 
@@ -77,7 +93,11 @@ def build_model(
         tokenizer = load_tokenizer(preset, corpus=corpus)
     torch.manual_seed(choice.seed)
     model = VisionLanguageModel.from_preset(
-        preset, tokenizer, lora=lora_settings(choice.lora), pretrained=choice.pretrained
+        preset,
+        tokenizer,
+        lora=lora_settings(choice.lora),
+        pretrained=choice.pretrained,
+        ablate=tuple(getattr(choice, "ablate", None) or ()),
     )
     groups: list[str] = []
     if init_checkpoint is not None:

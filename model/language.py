@@ -15,12 +15,22 @@ from torch import nn
 from transformers import PhiForCausalLM
 
 from .lora import LoraSettings
-from .presets import ModelPreset
+from .presets import ABLATIONS, ModelPreset
 
 
-def build_language_model(preset: ModelPreset, vocab_size: int, pad_token_id: int | None) -> PhiForCausalLM:
-    """Randomly initialised Phi (torch's global RNG) with QK LayerNorm, from the preset's config."""
-    return PhiForCausalLM(preset.lm_config(vocab_size, pad_token_id))
+def check_ablations(names) -> tuple[str, ...]:
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(ABLATIONS)}")
+    return tuple(a for a in ABLATIONS if a in set(names))
+
+
+def build_language_model(
+    preset: ModelPreset, vocab_size: int, pad_token_id: int | None, qk_norm: bool = True
+) -> PhiForCausalLM:
+    """Randomly initialised Phi (torch's global RNG) with QK LayerNorm (unless ablated), from the
+    preset's config."""
+    return PhiForCausalLM(preset.lm_config(vocab_size, pad_token_id, qk_norm=qk_norm))
 
 
 def _normalise_attention_output(norm: nn.Module, module: nn.Module, args, output):
@@ -68,12 +78,30 @@ def inject_lora(lm: PhiForCausalLM, settings: LoraSettings) -> None:
         param.requires_grad_(True)
 
 
-def prepare_language_model(lm: PhiForCausalLM, lora: LoraSettings | None) -> PhiForCausalLM:
-    """Apply TinyGPT-V's architecture changes to a Phi that already has qk_layernorm=True."""
-    if not lm.config.qk_layernorm:
-        raise ValueError("the language model must be built with qk_layernorm=True (TinyGPT-V's QK norm)")
-    add_post_attention_norms(lm)
+def remove_input_layernorms(lm: PhiForCausalLM) -> None:
+    """The `input_layernorm` ablation: each decoder layer reads its input unnormalised (Identity)."""
+    for layer in lm.model.layers:
+        layer.input_layernorm = nn.Identity()
+
+
+def prepare_language_model(
+    lm: PhiForCausalLM, lora: LoraSettings | None, ablate: tuple[str, ...] = ()
+) -> PhiForCausalLM:
+    """Apply TinyGPT-V's architecture changes to a Phi built with qk_layernorm=True, less the ones
+    `ablate` names (ABLATIONS; `lora` there means `lora` is None, `qk_norm` a Phi built without it)."""
+    ablate = check_ablations(ablate)
+    if bool(lm.config.qk_layernorm) == ("qk_norm" in ablate):
+        raise ValueError(
+            "the language model must be built with qk_layernorm="
+            f"{'qk_norm' not in ablate} (TinyGPT-V's QK norm{', ablated' if 'qk_norm' in ablate else ''})"
+        )
+    if "post_attention_norm" not in ablate:
+        add_post_attention_norms(lm)
+    if "input_layernorm" in ablate:
+        remove_input_layernorms(lm)
     if lora is not None:
+        if "lora" in ablate:
+            raise ValueError("LoRA settings given with the lora ablation: pass lora=None")
         inject_lora(lm, lora)
     return lm
 

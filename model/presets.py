@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# The paper's ablations (TinyGPT-V's Table 3), each the removal of one of its changes to the LM:
+# `lora` no adapters, `input_layernorm` each decoder layer's input LayerNorm replaced by Identity,
+# `post_attention_norm` no RMSNorm after attention, `qk_norm` Phi without its QK LayerNorm.
+ABLATIONS: tuple[str, ...] = ("lora", "input_layernorm", "post_attention_norm", "qk_norm")
+
 # The built-in tokenizer name; anything else in `ModelPreset.tokenizer` is a hub id.
 TINY_TOKENIZER = "tiny-shapes"
 
@@ -85,8 +90,10 @@ class ModelPreset:
 
         return Blip2QFormerConfig(**self.qformer_kwargs)
 
-    def lm_config(self, vocab_size: int | None = None, pad_token_id: int | None = None) -> PhiConfig:
-        """PhiConfig with TinyGPT-V's QK LayerNorm switched on.
+    def lm_config(
+        self, vocab_size: int | None = None, pad_token_id: int | None = None, qk_norm: bool = True
+    ) -> PhiConfig:
+        """PhiConfig with TinyGPT-V's QK LayerNorm switched on (off: the `qk_norm` ablation).
 
         The embedding table gets max(tokenizer size, preset vocab): phi-2 ships 51200 rows for a ~50.3k
         tokenizer, and keeping its size lets the real weights load unchanged.
@@ -94,7 +101,7 @@ class ModelPreset:
         from transformers import PhiConfig
 
         kwargs = dict(self.lm_kwargs)
-        kwargs["qk_layernorm"] = True
+        kwargs["qk_layernorm"] = qk_norm
         if vocab_size is not None:
             kwargs["vocab_size"] = max(int(vocab_size), int(kwargs.get("vocab_size", 0)))
         if "vocab_size" not in kwargs:

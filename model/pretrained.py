@@ -29,7 +29,7 @@ def _check(preset: ModelPreset, what: str, actual: int, expected: int) -> None:
 
 
 def load_pretrained_parts(
-    preset: ModelPreset, vocab_size: int, dtype: torch.dtype | None = None
+    preset: ModelPreset, vocab_size: int, dtype: torch.dtype | None = None, qk_norm: bool = True
 ) -> PretrainedParts:
     """Fetch the preset's hub checkpoints and check they have the shapes the preset promises.
 
@@ -48,7 +48,7 @@ def load_pretrained_parts(
     lm = PhiForCausalLM.from_pretrained(
         preset.lm_source,
         # New QK LayerNorms are absent from phi-2's checkpoint and start at weight 1, bias 0.
-        qk_layernorm=True,
+        qk_layernorm=qk_norm,
         attn_implementation=preset.attn_implementation,
         **kwargs,
     )

@@ -84,6 +84,9 @@ def set_trainable(
     """Freeze everything, then unfreeze `groups`; log one line per group; return trainable counts."""
     chosen = set(check_groups(groups))
     counts = parameter_counts(model)
+    # a group the model's ablations removed (e.g. qk_norm) is skipped: the stage trains the rest
+    ablated = {g for g in getattr(model, "ablated", ()) if counts.get(g, (0, 0))[0] == 0}
+    chosen -= ablated
     empty = sorted(group for group in chosen if counts[group][0] == 0)
     if empty:
         # e.g. a stage that trains `lora` on a model built with lora=None would silently train nothing.
@@ -95,6 +98,9 @@ def set_trainable(
         width = max(len(g) for g in GROUPS)
         for group in GROUPS:
             total = counts[group][0]
+            if group in ablated:
+                log(f"[Ablated] {group:<{width}}  removed from the model")
+                continue
             if total == 0:
                 continue  # e.g. no LoRA injected: nothing to report
             status = "[TRAINABLE]" if group in chosen else "[Frozen]"

@@ -16,7 +16,7 @@ from torch import nn
 
 from .attention import packed_block_mask
 from .generation import generate_tokens
-from .language import build_language_model, embedding_rows, prepare_language_model
+from .language import build_language_model, check_ablations, embedding_rows, prepare_language_model
 from .lora import DEFAULT_LORA, LoraSettings
 from .packing import (
     packed_attention_mask,
@@ -53,11 +53,18 @@ class VisionLanguageModel(nn.Module):
         lora: LoraSettings | None = DEFAULT_LORA,
         *,
         pretrained_parts: PretrainedParts | None = None,
+        ablate: tuple[str, ...] = (),
     ):
         """Build from the preset's configs (random init from torch's global RNG), or around
         `pretrained_parts` (see from_preset(pretrained=True)). Parameters are float32 unless the parts
-        came in another dtype; cast the whole model afterwards (from_preset's `dtype` does)."""
+        came in another dtype; cast the whole model afterwards (from_preset's `dtype` does).
+        `ablate` removes TinyGPT-V's LM changes by name (model/language.py ABLATIONS): `lora` drops the
+        adapters (whatever `lora` says), `qk_norm`, `post_attention_norm`, `input_layernorm` their norms."""
         super().__init__()
+        ablate = check_ablations(ablate)
+        self.ablated = ablate
+        if "lora" in ablate:
+            lora = None
         self.preset = preset
         self.image_token_id = int(image_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -65,7 +72,7 @@ class VisionLanguageModel(nn.Module):
         if pretrained_parts is None:
             vision = build_vision_tower(preset)
             qformer = QueryTransformer.from_preset(preset)
-            lm = build_language_model(preset, vocab_size, pad_token_id)
+            lm = build_language_model(preset, vocab_size, pad_token_id, qk_norm="qk_norm" not in ablate)
         else:
             vision = pretrained_parts.vision
             qformer = QueryTransformer(pretrained_parts.qformer, pretrained_parts.query_tokens)
@@ -75,7 +82,7 @@ class VisionLanguageModel(nn.Module):
         self.vision = VisionTower(vision)
         self.qformer = qformer
         self.projection = ImageProjection(preset.qformer_hidden, preset.projection_hidden, preset.lm_hidden)
-        self.language_model = prepare_language_model(lm, lora)
+        self.language_model = prepare_language_model(lm, lora, ablate)
         self.vocab_size = embedding_rows(self.language_model)
         self.block_sparse = False  # packed rows through FlexAttention block masks (set_packed_attention)
 
@@ -88,13 +95,19 @@ class VisionLanguageModel(nn.Module):
         pretrained: bool = False,
         *,
         dtype: torch.dtype | None = None,
+        ablate: tuple[str, ...] = (),
     ) -> VisionLanguageModel:
         preset = get_preset(name_or_preset) if isinstance(name_or_preset, str) else name_or_preset
         vocab_size = len(tokenizer)
         pad = tokenizer_pad_id(tokenizer)
         image_id = find_image_token_id(tokenizer)  # fail before any (slow) weight loading
-        parts = load_pretrained_parts(preset, vocab_size, dtype) if pretrained else None
-        model = cls(preset, vocab_size, image_id, pad, lora, pretrained_parts=parts)
+        ablate = check_ablations(ablate)
+        parts = (
+            load_pretrained_parts(preset, vocab_size, dtype, qk_norm="qk_norm" not in ablate)
+            if pretrained
+            else None
+        )
+        model = cls(preset, vocab_size, image_id, pad, lora, pretrained_parts=parts, ablate=ablate)
         if dtype is not None:
             model.to(dtype)
         return model
@@ -280,6 +293,7 @@ class VisionLanguageModel(nn.Module):
             "image_tokens_per_image": self.image_tokens_per_image,
             "vocab_size": self.vocab_size,
             "lora": None if self.lora_settings is None else asdict(self.lora_settings),
+            "ablated": list(self.ablated),
             "parameters": {group: total for group, (total, _) in counts.items()},
             "trainable_parameters": {group: trainable for group, (_, trainable) in counts.items()},
             "total_parameters": sum(total for total, _ in counts.values()),

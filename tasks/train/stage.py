@@ -192,7 +192,8 @@ def _train(
     )
     model = built.model
     counts = set_trainable(model, stage.trainable, log=say)
-    keep_groups = list(dict.fromkeys(prior_groups + list(stage.trainable)))
+    ablated = set(getattr(model, "ablated", ()))  # groups the model's ablations removed hold nothing
+    keep_groups = [g for g in dict.fromkeys(prior_groups + list(stage.trainable)) if g not in ablated]
 
     # -- resume: the weights go into the whole model before it is placed (and sharded)
     start_step, losses, state = 0, [], None
