@@ -18,7 +18,7 @@ from data_specs.loader import Seed, SpecError, SpecModel, load_spec
 from data_specs.registry import BENCHMARKS, OFFICIAL_BENCHMARKS, PRESETS, TASK_TYPES, Name, check_name
 from data_specs.sources import SourceSpec, check_source_files, load_source_spec, splits_of
 from data_specs.stages import StageSpec, check_stage_files, load_stage_spec
-from model.lora import DEFAULT_LORA
+from model.lora import DEFAULT_LORA, DEFAULT_MM_ADAPTER
 from model.presets import ABLATIONS
 
 
@@ -31,12 +31,29 @@ class LoraSpec(SpecModel):
     target_modules: list[str] = Field(list(DEFAULT_LORA.target_modules), min_length=1)
 
 
+class MMAdapterSpec(SpecModel):
+    """LaVIN's Mixture-of-Modality Adapter (model/mm_adapter.py), used when `adapter: mm_adapter`."""
+
+    dim: int = Field(DEFAULT_MM_ADAPTER.dim, gt=0, description="Bottleneck width of the adapters.")
+    temperature: float = Field(
+        DEFAULT_MM_ADAPTER.temperature, gt=0, description="Router softmax temperature (LaVIN: 10 for 7B)."
+    )
+    scale: float = Field(DEFAULT_MM_ADAPTER.scale, gt=0, description="Weight of the adapters' output.")
+    dropout: float = Field(DEFAULT_MM_ADAPTER.dropout, ge=0, lt=1)
+
+
 class ModelSpec(SpecModel):
     preset: Name(PRESETS, "model preset") = Field(  # type: ignore[valid-type]
         description="Model preset: tiny (CPU demo), tinygptv-phi2, tinygptv-phi1_5 (model/presets.py)."
     )
     pretrained: bool = Field(False, description="Load the preset's published weights (needs the hub).")
+    adapter: Literal["lora", "mm_adapter"] = Field(
+        "lora",
+        description="The LM's trainable adapters: lora (TinyGPT-V) or mm_adapter (LaVIN's MM-Adapter, "
+        "routed by modality; stages then train group `mm_adapter` instead of `lora`).",
+    )
     lora: LoraSpec = LoraSpec()
+    mm_adapter: MMAdapterSpec = MMAdapterSpec()
     seed: Seed = Field(0, description="Seed of the random initialisation (pretrained: false).")
     ablate: list[Name(ABLATIONS, "ablation")] = Field(  # type: ignore[valid-type]
         default_factory=list,
@@ -264,8 +281,8 @@ def _check_split(source: SourceSpec, split: str, path: Path, field: str) -> None
 
 
 def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> None:
-    """What a stage asks of the pipeline's preset: image size on the patch grid, room for text
-    after the image tokens, no more tokens than the LM has positions."""
+    """What a stage asks of the pipeline's model: image size on the patch grid, room for text
+    after the image tokens, no more tokens than the LM has positions, the adapter the model has."""
     preset = PRESETS[model.preset]
     patch = int(preset.vision_kwargs["patch_size"])
     if stage.image_size is not None and stage.image_size % patch:
@@ -280,6 +297,13 @@ def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> N
             path,
             "max_len",
             f"{stage.max_len} leaves no room for text after the {queries} image tokens of preset {preset.name}",
+        )
+    other = {"lora": "mm_adapter", "mm_adapter": "lora"}[model.adapter]
+    if other in stage.trainable and not (other == "lora" and "lora" in model.ablate):
+        raise SpecError(
+            path,
+            "trainable",
+            f"trains {other!r} but the pipeline's model.adapter is {model.adapter!r} (train {model.adapter!r})",
         )
     positions = int(preset.lm_kwargs.get("max_position_embeddings", stage.max_len))
     if stage.max_len > positions:

@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import load_checkpoint, load_tokenizer_from_checkpoint
 from .image_processing import ImagePreprocessor
-from .lora import LoraSettings
+from .lora import LoraSettings, MMAdapterSettings
 from .presets import ModelPreset, get_preset
 from .tokenizer import load_tokenizer
 from .vlm import VisionLanguageModel
@@ -35,7 +35,8 @@ class ModelChoice(Protocol):
     seed: int
     lora: LoraChoice | None
     # optional, read with getattr: projection_init (a MiniGPT-4 checkpoint for the first projection),
-    # ablate (names from model.language.ABLATIONS)
+    # ablate (names from model.presets.ABLATIONS), adapter ("lora" or "mm_adapter") and mm_adapter
+    # (dim, temperature, scale, dropout)
 
 
 @dataclass
@@ -66,6 +67,8 @@ def model_choice(spec: dict[str, Any], *, pretrained: bool | None = None) -> Any
         seed=spec.get("seed", 0),
         lora=SimpleNamespace(**spec["lora"]) if spec.get("lora") else None,
         ablate=tuple(spec.get("ablate") or ()),
+        adapter=spec.get("adapter", "lora"),
+        mm_adapter=SimpleNamespace(**spec["mm_adapter"]) if spec.get("mm_adapter") else None,
     )
 
 
@@ -92,12 +95,19 @@ def build_model(
         corpus = tokenizer_corpus() if preset.has_tiny_tokenizer and tokenizer_corpus else None
         tokenizer = load_tokenizer(preset, corpus=corpus)
     torch.manual_seed(choice.seed)
+    mm_adapter = None
+    if getattr(choice, "adapter", "lora") == "mm_adapter":
+        given = getattr(choice, "mm_adapter", None)
+        mm_adapter = MMAdapterSettings(
+            **{k: getattr(given, k) for k in ("dim", "temperature", "scale", "dropout") if hasattr(given, k)}
+        )
     model = VisionLanguageModel.from_preset(
         preset,
         tokenizer,
-        lora=lora_settings(choice.lora),
+        lora=None if mm_adapter is not None else lora_settings(choice.lora),
         pretrained=choice.pretrained,
         ablate=tuple(getattr(choice, "ablate", None) or ()),
+        mm_adapter=mm_adapter,
     )
     groups: list[str] = []
     if init_checkpoint is not None:

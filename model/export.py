@@ -3,16 +3,17 @@
 Folder layout (every weight file is safetensors; nothing in it runs code when loaded):
 
     language_model/          transformers Phi (config.json + model.safetensors), LoRA merged. TinyGPT-V's
-                             post-attention RMSNorm weights are in the same file as
-                             `model.layers.N.post_attention_norm.weight`; stock
-                             `PhiForCausalLM.from_pretrained` loads the rest and ignores them,
-                             `load_merged` puts them back
+                             post-attention RMSNorm weights (and MM-Adapters, when the model has
+                             them) are in the same file (`model.layers.N.post_attention_norm.*`,
+                             `mm_adapter.*`); stock `PhiForCausalLM.from_pretrained` loads the
+                             rest and ignores them, `load_merged` puts them back
     vision_model/            transformers Blip2VisionModel (config.json + model.safetensors)
     qformer/                 transformers Blip2QFormerModel (config.json + model.safetensors)
     connector.safetensors    the query tokens and the two projection Linears
     tokenizer/               the tokenizer (tokenizer.json, special tokens)
     preprocessor_config.json transformers BlipImageProcessor settings (size, mean, std, bicubic)
-    vlmpipe.json             preset, template, end symbol, source checkpoint; written last
+    vlmpipe.json             preset, ablations, MM-Adapter settings, template, end symbol, source
+                             checkpoint; written last
 
 The export is written in a hidden sibling folder and renamed into place, so a killed export leaves
 nothing that `load_merged` accepts.
@@ -20,6 +21,7 @@ nothing that `load_merged` accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -86,6 +88,10 @@ def export_merged(built: Any, out: str | Path, *, template: str, end_sym: str, s
             "end_sym": end_sym,
             "source_checkpoint": str(source),
             "lora_layers_merged": merged,
+            "ablate": list(getattr(model, "ablated", ())),
+            "mm_adapter": None
+            if getattr(model, "mm_adapter_settings", None) is None
+            else dataclasses.asdict(model.mm_adapter_settings),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for path in tmp.rglob("*"):
@@ -144,7 +150,16 @@ def load_merged(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     if not (folder / "tokenizer").is_dir():
         raise ExportError(f"{folder / 'tokenizer'}: missing")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    model = VisionLanguageModel.from_preset(preset, tokenizer, lora=None)
+    from .lora import MMAdapterSettings
+
+    mm = manifest.get("mm_adapter")
+    model = VisionLanguageModel.from_preset(
+        preset,
+        tokenizer,
+        lora=None,
+        ablate=tuple(manifest.get("ablate") or ()),
+        mm_adapter=MMAdapterSettings(**mm) if mm else None,
+    )
     lm_dir = folder / "language_model"
     weights = _tensors(lm_dir / "model.safetensors")
     try:
@@ -155,6 +170,8 @@ def load_merged(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     reference = PhiForCausalLM.from_pretrained(lm_dir, attn_implementation=preset.attn_implementation)
     own = model.language_model.state_dict()
     for key, value in reference.state_dict().items():
+        if key not in weights:  # e.g. an input LayerNorm the input_layernorm ablation removed
+            continue
         if key not in own or not torch.equal(own[key], value):
             raise ExportError(f"{lm_dir}: transformers reads {key} differently from {MANIFEST}'s preset")
     del reference

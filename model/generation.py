@@ -60,51 +60,81 @@ def generate_tokens(
 
     was_training = model.training
     model.eval()  # dropout off, or greedy decoding would not be deterministic
-    try:
-        lm = model.language_model
-        embeds = model.embed_inputs(input_ids, pixel_values)
-        mask = attention_mask.to(device=embeds.device, dtype=torch.long)
-        positions = padded_positions(mask)
-        out = lm(
-            inputs_embeds=embeds,
-            attention_mask=padded_prompt_mask(mask, embeds.dtype),
-            position_ids=positions,
-            use_cache=use_cache,
-        )
-        cache = out.past_key_values if use_cache else None
-        logits = out.logits[:, -1]
-        next_position = positions[:, -1:] + 1
-        eos = torch.tensor(sorted(set(eos_token_ids)), device=embeds.device, dtype=torch.long)
-        finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
-
-        for step in range(max_new_tokens):
-            tokens = _choose(logits, temperature, top_p)
-            finished |= torch.isin(tokens, eos)
-            for row in torch.nonzero(~finished).flatten().tolist():
-                results[row].append(int(tokens[row]))
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            if not use_cache:
-                embeds = torch.cat([embeds, lm.get_input_embeddings()(tokens[:, None])], dim=1)
-                out = lm(
-                    inputs_embeds=embeds,
-                    attention_mask=padded_prompt_mask(mask, embeds.dtype),
-                    position_ids=padded_positions(mask),
-                    use_cache=False,
-                )
-                logits = out.logits[:, -1]
-                continue
-            out = lm(
-                inputs_embeds=lm.get_input_embeddings()(tokens[:, None]),
-                attention_mask=decode_step_mask(mask, embeds.dtype),
-                position_ids=next_position,
-                past_key_values=cache,
-                use_cache=True,
+    # MM-Adapters route every new token of a row as its prompt (image or text-only)
+    with model.modality_of(input_ids.to(attention_mask.device)):
+        try:
+            return _decode(
+                model,
+                input_ids,
+                attention_mask,
+                pixel_values,
+                max_new_tokens,
+                eos_token_ids,
+                temperature,
+                top_p,
+                use_cache,
+                results,
             )
-            cache = out.past_key_values
+        finally:
+            model.train(was_training)
+
+
+def _decode(
+    model,
+    input_ids,
+    attention_mask,
+    pixel_values,
+    max_new_tokens,
+    eos_token_ids,
+    temperature,
+    top_p,
+    use_cache,
+    results,
+) -> list[list[int]]:
+    """The prefill and the decode loop of generate_tokens (its arguments, checked)."""
+    batch = input_ids.shape[0]
+    lm = model.language_model
+    embeds = model.embed_inputs(input_ids, pixel_values)
+    mask = attention_mask.to(device=embeds.device, dtype=torch.long)
+    positions = padded_positions(mask)
+    out = lm(
+        inputs_embeds=embeds,
+        attention_mask=padded_prompt_mask(mask, embeds.dtype),
+        position_ids=positions,
+        use_cache=use_cache,
+    )
+    cache = out.past_key_values if use_cache else None
+    logits = out.logits[:, -1]
+    next_position = positions[:, -1:] + 1
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=embeds.device, dtype=torch.long)
+    finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
+
+    for step in range(max_new_tokens):
+        tokens = _choose(logits, temperature, top_p)
+        finished |= torch.isin(tokens, eos)
+        for row in torch.nonzero(~finished).flatten().tolist():
+            results[row].append(int(tokens[row]))
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if not use_cache:
+            embeds = torch.cat([embeds, lm.get_input_embeddings()(tokens[:, None])], dim=1)
+            out = lm(
+                inputs_embeds=embeds,
+                attention_mask=padded_prompt_mask(mask, embeds.dtype),
+                position_ids=padded_positions(mask),
+                use_cache=False,
+            )
             logits = out.logits[:, -1]
-            next_position = next_position + 1
-    finally:
-        model.train(was_training)
+            continue
+        out = lm(
+            inputs_embeds=lm.get_input_embeddings()(tokens[:, None]),
+            attention_mask=decode_step_mask(mask, embeds.dtype),
+            position_ids=next_position,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        next_position = next_position + 1
     return results

@@ -1,7 +1,8 @@
-"""LoRA settings: TinyGPT-V's (rank 64, alpha 16, dropout 0.05) on Phi's attention projections.
+"""Adapter settings: LoRA, TinyGPT-V's (rank 64, alpha 16, dropout 0.05) on Phi's attention
+projections, and LaVIN's MM-Adapter, the alternative.
 
 Plain data with no torch import, so pipeline specs take their defaults from here; model/language.py
-injects the adapters these settings describe.
+and model/mm_adapter.py inject the adapters these settings describe.
 """
 
 from __future__ import annotations
@@ -19,3 +20,14 @@ class LoraSettings:
 
 
 DEFAULT_LORA = LoraSettings()
+
+
+@dataclass(frozen=True)
+class MMAdapterSettings:
+    dim: int = 8  # bottleneck width (LaVIN: 8)
+    temperature: float = 10.0  # router softmax temperature (LaVIN: 10 for its 7B model)
+    scale: float = 1.0  # weight of the adapters' output on the normalised input
+    dropout: float = 0.0
+
+
+DEFAULT_MM_ADAPTER = MMAdapterSettings()

@@ -20,6 +20,7 @@ GROUPS: tuple[str, ...] = (
     "qformer",  # Q-Former and its query tokens
     "projection",  # proj_in (768->4096) and proj_out (4096->LM hidden)
     "lora",  # LoRA A/B matrices in the LM's attention
+    "mm_adapter",  # LaVIN's MM-Adapters in the LM (model/mm_adapter.py), the alternative to LoRA
     "qk_norm",  # q_layernorm / k_layernorm in every attention block
     "post_attention_norm",  # TinyGPT-V's RMSNorm after every attention block
     "input_layernorm",  # each decoder layer's input LayerNorm
@@ -29,6 +30,7 @@ GROUPS: tuple[str, ...] = (
 
 # Checked in this order inside the language model: the norm and LoRA groups carve pieces out of it.
 _LM_MARKERS: tuple[tuple[str, str], ...] = (
+    (".mm_adapter.", "mm_adapter"),
     (".lora_", "lora"),
     (".q_layernorm.", "qk_norm"),
     (".k_layernorm.", "qk_norm"),

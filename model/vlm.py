@@ -17,7 +17,8 @@ from torch import nn
 from .attention import packed_block_mask
 from .generation import generate_tokens
 from .language import build_language_model, check_ablations, embedding_rows, prepare_language_model
-from .lora import DEFAULT_LORA, LoraSettings
+from .lora import DEFAULT_LORA, LoraSettings, MMAdapterSettings
+from .mm_adapter import inject_mm_adapters, token_modality
 from .packing import (
     packed_attention_mask,
     padded_positions,
@@ -54,16 +55,18 @@ class VisionLanguageModel(nn.Module):
         *,
         pretrained_parts: PretrainedParts | None = None,
         ablate: tuple[str, ...] = (),
+        mm_adapter: MMAdapterSettings | None = None,
     ):
         """Build from the preset's configs (random init from torch's global RNG), or around
         `pretrained_parts` (see from_preset(pretrained=True)). Parameters are float32 unless the parts
         came in another dtype; cast the whole model afterwards (from_preset's `dtype` does).
         `ablate` removes TinyGPT-V's LM changes by name (model/language.py ABLATIONS): `lora` drops the
-        adapters (whatever `lora` says), `qk_norm`, `post_attention_norm`, `input_layernorm` their norms."""
+        adapters (whatever `lora` says), `qk_norm`, `post_attention_norm`, `input_layernorm` their norms.
+        `mm_adapter` adds LaVIN's MM-Adapters to the LM (model/mm_adapter.py) instead of LoRA."""
         super().__init__()
         ablate = check_ablations(ablate)
         self.ablated = ablate
-        if "lora" in ablate:
+        if "lora" in ablate or mm_adapter is not None:
             lora = None
         self.preset = preset
         self.image_token_id = int(image_token_id)
@@ -83,6 +86,9 @@ class VisionLanguageModel(nn.Module):
         self.qformer = qformer
         self.projection = ImageProjection(preset.qformer_hidden, preset.projection_hidden, preset.lm_hidden)
         self.language_model = prepare_language_model(lm, lora, ablate)
+        self.mm_adapter_settings = mm_adapter
+        if mm_adapter is not None:
+            inject_mm_adapters(self.language_model, mm_adapter)
         self.vocab_size = embedding_rows(self.language_model)
         self.block_sparse = False  # packed rows through FlexAttention block masks (set_packed_attention)
 
@@ -96,6 +102,7 @@ class VisionLanguageModel(nn.Module):
         *,
         dtype: torch.dtype | None = None,
         ablate: tuple[str, ...] = (),
+        mm_adapter: MMAdapterSettings | None = None,
     ) -> VisionLanguageModel:
         preset = get_preset(name_or_preset) if isinstance(name_or_preset, str) else name_or_preset
         vocab_size = len(tokenizer)
@@ -107,7 +114,16 @@ class VisionLanguageModel(nn.Module):
             if pretrained
             else None
         )
-        model = cls(preset, vocab_size, image_id, pad, lora, pretrained_parts=parts, ablate=ablate)
+        model = cls(
+            preset,
+            vocab_size,
+            image_id,
+            pad,
+            lora,
+            pretrained_parts=parts,
+            ablate=ablate,
+            mm_adapter=mm_adapter,
+        )
         if dtype is not None:
             model.to(dtype)
         return model
@@ -204,9 +220,10 @@ class VisionLanguageModel(nn.Module):
             positions = padded_positions(attention_mask.to(embeds.device))
         else:
             mask, positions = None, None  # plain causal: lets SDPA take its is_causal fast path
-        out = self.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        )
+        with self.modality_of(input_ids, segment_ids):
+            out = self.language_model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            )
         logits = out.logits
         kept = embeds if return_embeds else None
         if labels is None:
@@ -253,6 +270,20 @@ class VisionLanguageModel(nn.Module):
 
     # ---------------------------------------------------------------------------------- utility
 
+    @contextlib.contextmanager
+    def modality_of(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None):
+        """While inside: the MM-Adapters (if any) route each token by its sample's modality (image
+        or text-only), read from `input_ids`' image tokens and the packed `segment_ids`."""
+        adapters = getattr(self.language_model, "mm_adapter", None)
+        if adapters is None:
+            yield
+            return
+        adapters.modality = token_modality(input_ids, self.image_token_id, segment_ids)
+        try:
+            yield
+        finally:
+            adapters.modality = None
+
     def set_packed_attention(self, mode: str) -> None:
         """ "dense": packed rows through an explicit [L, L] mask (any kernel, any device).
         "block_sparse": through a FlexAttention block mask (model/attention.py); other inputs
@@ -294,6 +325,7 @@ class VisionLanguageModel(nn.Module):
             "vocab_size": self.vocab_size,
             "lora": None if self.lora_settings is None else asdict(self.lora_settings),
             "ablated": list(self.ablated),
+            "mm_adapter": None if self.mm_adapter_settings is None else asdict(self.mm_adapter_settings),
             "parameters": {group: total for group, (total, _) in counts.items()},
             "trainable_parameters": {group: trainable for group, (_, trainable) in counts.items()},
             "total_parameters": sum(total for total, _ in counts.values()),

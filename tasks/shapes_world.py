@@ -366,7 +366,21 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
         return [ex([Turn(None, detailed_description(ann))])]
     if task == "conversation":
         return [ex([Turn(q, a) for q, a in conversation(ann, rng)])]
-    return []  # text_instruction: no image task
+    if task == "text_instruction":
+        # The shapes world's own text-only task: the scene told in words (its caption), then one of
+        # its questions. No image: the answer is in the text (what a text-only instruction set gives
+        # the MM-Adapter's router to tell apart from image samples). Words from text_corpus() only.
+        return [
+            TaskExample(
+                task,
+                [Turn(f"{caption(ann)}. {i['question']}", i["answer"])],
+                image=None,
+                dataset=DATASET,
+                meta={"qtype": i["qtype"], "answers": [i["answer"]]},
+            )
+            for i in vqa_items(ann, rng)[:2]
+        ]
+    return []
 
 
 def text_corpus() -> list[str]:

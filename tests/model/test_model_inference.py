@@ -156,3 +156,31 @@ def test_an_export_refuses_a_used_folder_and_names_a_damaged_file(make_model, to
     (out / "vlmpipe.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ExportError, match="vlmpipe.json: field format"):
         load_merged(out)
+
+
+@pytest.mark.parametrize("variant", ["mm_adapter", "ablated"])
+def test_exports_of_mm_adapter_and_ablated_models_answer_as_they_did(
+    tokenizer, encode, images, tmp_path, variant
+):
+    from model import VisionLanguageModel
+    from model.lora import MMAdapterSettings
+
+    torch.manual_seed(7)
+    if variant == "mm_adapter":
+        model = VisionLanguageModel.from_preset("tiny", tokenizer, lora=None, mm_adapter=MMAdapterSettings())
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if ".mm_adapter." in name:
+                    param.normal_(0.0, 0.2)
+    else:
+        model = VisionLanguageModel.from_preset(
+            "tiny", tokenizer, lora=None, ablate=("input_layernorm", "qk_norm", "post_attention_norm")
+        )
+    ids = torch.tensor([encode("{img} ###Human: where? ###Assistant:")])
+    pixels = images(1, seed=8, size=64)
+    expected = _logits(model, ids, pixels)
+    out = export_merged(_built(model, tokenizer), tmp_path / "x", template="t", end_sym="#", source="s")
+    built, manifest = load_merged(out)
+    assert torch.allclose(_logits(built.model, ids, pixels), expected, atol=1e-5)
+    assert built.model.ablated == model.ablated
+    assert (manifest["mm_adapter"] is not None) == (variant == "mm_adapter")
