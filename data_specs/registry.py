@@ -184,9 +184,10 @@ class Benchmark:
 BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
     {
         "shapes_world": Benchmark(
-            ("vqa", "refer", "caption"),
+            ("vqa", "refer", "caption", "text"),
             "held-out shapes-world scenes: closed VQA accuracy, referring accuracy (IoU >= 0.5) and "
-            "caption BLEU-4, each beside its chance level",
+            "caption BLEU-4, each beside its chance level; text: the questions asked of the scene told "
+            "in words (text-only answers)",
         ),
     }
 )

@@ -58,6 +58,10 @@ def report(summary: dict, home: Path) -> None:
                 f"  {'caption_bleu4':<24} {metrics[f'{prefix}caption_bleu4']:.3f}  "
                 f"(chance {metrics[f'{prefix}caption_bleu4_chance']:.3f})"
             )
+        if f"{prefix}text_accuracy" in metrics:
+            print(
+                f"  {'text_accuracy':<24} {metrics[f'{prefix}text_accuracy']:.3f}  (no image: the scene told in words)"
+            )
     print(f"checkpoint      {summary['checkpoint']}")
     print(f"run folder      {summary['run_dir']}")
     print(f"MLflow store    {uri}  (experiment {summary['experiment']}, run {summary['mlflow_run_id']})")

@@ -1,5 +1,6 @@
 """The shapes-world benchmark, on held-out scenes: VQA accuracy, referring accuracy (IoU >= 0.5)
-and a caption score (corpus BLEU-4), each beside its chance level.
+and a caption score (corpus BLEU-4), each beside its chance level; optionally (`text`) the accuracy
+on the same questions asked of the scene told in words, with no image (text-only answers).
 
 Prompts come from the same template registry as training; answers are generated greedily.
 Chance levels: VQA, 1 / size of the question type's closed answer set; referring, the rate at
@@ -18,7 +19,7 @@ from tasks.data.examples import TaskExample, Turn
 from tasks.evaluate.generation import generate_answers
 from tasks.evaluate.metrics import corpus_bleu, normalise_answer
 
-MAX_NEW_TOKENS = {"vqa": 6, "refer": 24, "caption": 40}
+MAX_NEW_TOKENS = {"vqa": 6, "text": 6, "refer": 24, "caption": 40}
 
 
 def evaluate_shapes(
@@ -99,6 +100,31 @@ def evaluate_shapes(
             }
             for (ex, _), g, p, h, t in zip(items, golds, preds, hits, qtypes, strict=True)
         ]
+    if "text" in tasks:  # the scene told in words, no image (shapes_world's text_instruction task)
+        examples = [
+            e
+            for rec, a in zip(records, ann, strict=True)
+            for e in shapes_world.task_examples(
+                {"key": rec["key"], "annotations": a}, "text_instruction", rng
+            )
+        ]
+        items = [(TaskExample("text_instruction", [Turn(e.turns[0].query, "")]), None) for e in examples]
+        golds = [e.turns[0].answer for e in examples]
+        preds = answer(items, MAX_NEW_TOKENS["text"])
+        hits = [normalise_answer(p) == normalise_answer(g) for p, g in zip(preds, golds, strict=True)]
+        metrics["text_accuracy"] = sum(hits) / len(hits)
+        table += [
+            {
+                "task": "text",
+                "key": "",
+                "prompt": e.turns[0].query,
+                "gold": g,
+                "prediction": p,
+                "correct": h,
+                "qtype": e.meta["qtype"],
+            }
+            for e, g, p, h in zip(examples, golds, preds, hits, strict=True)
+        ]
     if "refer" in tasks:
         items, boxes = [], []
         for rec, a in zip(records, ann, strict=True):
@@ -152,6 +178,8 @@ def evaluate_shapes(
             )
             gate = f"; gate {metrics[name + '_gate']:.3f}" if f"{name}_gate" in metrics else ""
             log(f"{key:>16}: {metrics[key]:.3f}   (chance {metrics[chance]:.3f}{extra}{gate})")
+    if "text_accuracy" in metrics:
+        log(f"{'text_accuracy':>16}: {metrics['text_accuracy']:.3f}   (no image: the scene told in words)")
     return metrics, table
 
 

@@ -130,8 +130,11 @@ def test_task_examples_cover_every_image_task():
     record = {"key": SCENES[1].key, "annotations": json.loads(json.dumps(ann))}  # as read back from a shard
     for task in TASKS:
         examples = sw.task_examples(record, task, random.Random(0))
-        if task == "text_instruction":
-            assert examples == []
+        if task == "text_instruction":  # the scene in words, no image; the answer is in the text
+            assert len(examples) == 2 and all(e.image is None and e.task == task for e in examples)
+            for e in examples:
+                assert e.turns[0].query.startswith(sw.caption(ann) + ". ")
+                assert e.turns[0].answer == e.meta["answers"][0]
             continue
         assert examples and all(isinstance(e, TaskExample) and e.task == task for e in examples)
         assert all(e.image == SCENES[1].key for e in examples)
@@ -156,6 +159,11 @@ def test_text_corpus_covers_every_word_emitted():
         ]
         texts += [i["question"] + " " + i["answer"] for i in sw.vqa_items(ann, rng)]
         texts += [q + " " + a for q, a in sw.conversation(ann, rng)]
+        record = {"key": scene.key, "annotations": ann}
+        texts += [
+            e.turns[0].query + " " + e.turns[0].answer
+            for e in sw.task_examples(record, "text_instruction", rng)
+        ]
         for text in texts:
             assert set(re.findall(r"[a-z]+", text.lower())) <= vocabulary, text
 

@@ -70,7 +70,7 @@ def test_shapes_benchmark_reports_each_task_beside_its_chance_and_every_predicti
         built.tokenizer,
         built.preprocess,
         records,
-        tasks=["vqa", "refer", "caption"],
+        tasks=["vqa", "refer", "caption", "text"],
         num_query_tokens=built.preset.num_query_tokens,
         batch_size=16,
         seed=0,
@@ -84,8 +84,16 @@ def test_shapes_benchmark_reports_each_task_beside_its_chance_and_every_predicti
     assert metrics["vqa_chance"] == pytest.approx(expected_chance)
     for key in ("vqa_accuracy", "refer_accuracy", "refer_chance", "refer_parse_rate", "caption_bleu4"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    counts = {task: sum(row["task"] == task for row in table) for task in ("vqa", "refer", "caption")}
-    assert counts == {"vqa": len(questions), "refer": len(records), "caption": len(records)}
+    counts = {task: sum(row["task"] == task for row in table) for task in ("vqa", "refer", "caption", "text")}
+    assert counts == {
+        "vqa": len(questions),
+        "refer": len(records),
+        "caption": len(records),
+        "text": 2 * len(records),
+    }
+    text = [row for row in table if row["task"] == "text"]
+    assert all(row["key"] == "" and row["prompt"].endswith("?") for row in text)  # no image, a question
+    assert metrics["text_accuracy"] == pytest.approx(sum(r["correct"] for r in text) / len(text))
     hits = [row["correct"] for row in table if row["task"] == "vqa"]
     assert metrics["vqa_accuracy"] == pytest.approx(sum(hits) / len(hits))
 
