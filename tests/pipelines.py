@@ -18,22 +18,26 @@ STAGES = [
 ]
 
 
-def mini_pipeline(folder: Path) -> Path:
-    """The demo's specs, shrunk: few images, a handful of steps per stage."""
+def mini_pipeline(folder: Path, pipeline: str = "shapes_demo.yaml") -> Path:
+    """A shipped demo pipeline's specs (data_specs/pipelines/`pipeline`), shrunk: few images, a
+    handful of steps per stage."""
     source = yaml.safe_load((SPECS / "sources" / "shapes_world.yaml").read_text())
     source["shapes_world"].update(num_train=96, num_heldout=12, num_heldout_novel=12)
     source["number_sample_per_shard"] = 40
     (folder / "shapes_world.yaml").write_text(yaml.safe_dump(source))
-    for name in STAGES:
-        stage = yaml.safe_load((SPECS / "stages" / f"{name}.yaml").read_text())
+    pipe = yaml.safe_load((SPECS / "pipelines" / pipeline).read_text())
+    stage_files = []
+    for rel in pipe["stages"]:
+        stage = yaml.safe_load((SPECS / "pipelines" / rel).resolve().read_text())
         stage["schedule"].update(steps=4, batch_size=2, warmup_steps=1)
         stage["log_every"] = 2
         stage["checkpoint_every"] = 0
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(stage))
-    pipe = yaml.safe_load((SPECS / "pipelines" / "shapes_demo.yaml").read_text())
-    pipe["name"] = "mini-demo"
+        name = f"{stage['name']}.yaml"
+        (folder / name).write_text(yaml.safe_dump(stage))
+        stage_files.append(name)
+    pipe["name"] = "mini-demo" if pipeline == "shapes_demo.yaml" else f"mini-{Path(pipeline).stem}"
     pipe["sources"] = ["shapes_world.yaml"]
-    pipe["stages"] = [f"{n}.yaml" for n in STAGES]
+    pipe["stages"] = stage_files
     pipe["evaluation"].update(max_images=6, batch_size=16)
     pipe["tracking"] = {"experiment": "mini", "registered_model": "mini-model"}
     path = folder / "pipeline.yaml"
