@@ -79,6 +79,11 @@ CONTRASTIVE_LOSSES: Mapping[str, str] = MappingProxyType(
     {
         "semantic_transform": "EIM's lossST: each sample's mean image embedding against the mean LM "
         "input embedding of its own text, InfoNCE over the step's samples",
+        "language_model": "EIM's lossLM: each sample's last-token state from the tuned LM against the "
+        "frozen original LM's (adapters off); trains the LM's groups only",
+        "image_encoder": "EIM's lossIE: each image's pooled vision-tower output against its caption's "
+        "text feature (frozen word embeddings through a fixed random projection); trains the vision "
+        "tower only",
     }
 )
 
@@ -184,9 +189,9 @@ class Benchmark:
 BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
     {
         "shapes_world": Benchmark(
-            ("vqa", "refer", "caption", "text"),
+            ("vqa", "refer", "caption", "text_instruction"),
             "held-out shapes-world scenes: closed VQA accuracy, referring accuracy (IoU >= 0.5) and "
-            "caption BLEU-4, each beside its chance level; text: the questions asked of the scene told "
+            "caption BLEU-4, each beside its chance level; text_instruction: the questions asked of the scene told "
             "in words (text-only answers)",
         ),
     }

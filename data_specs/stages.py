@@ -232,6 +232,13 @@ class Contrastive(SpecModel):
     )
     weight: float = Field(1.0, gt=0, description="Added to the LM loss as weight x contrastive loss.")
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (EIM: 0.07).")
+    queue: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        description="Keys built once per stage from its first training samples (kept beside its "
+        "checkpoints, contrastive_keys.safetensors) and used as extra negatives; 0 = within the step only.",
+    )
 
 
 class Loader(SpecModel):
@@ -345,6 +352,26 @@ class StageSpec(SpecModel):
             raise ValueError(
                 "autoregressive: false needs a contrastive loss, or the stage has nothing to train on"
             )
+        if self.contrastive is not None:
+            # each EIM loss trains its own part (segmented training): a stage must let it
+            reaches = {
+                "semantic_transform": {"projection", "qformer", "vision"},
+                "language_model": {
+                    "lora",
+                    "mm_adapter",
+                    "language_model",
+                    "qk_norm",
+                    "post_attention_norm",
+                    "input_layernorm",
+                    "final_layernorm",
+                },
+                "image_encoder": {"vision"},
+            }[self.contrastive.loss]
+            if not reaches & set(self.trainable):
+                raise ValueError(
+                    f"contrastive.loss {self.contrastive.loss} trains only {', '.join(sorted(reaches))}; "
+                    "none of them is in trainable"
+                )
         idle = [g for g in self.schedule.lr_scale if g not in self.trainable]
         if idle:
             raise ValueError(f"schedule.lr_scale: group {idle[0]!r} is not in trainable, so it has no lr")

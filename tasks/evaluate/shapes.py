@@ -1,5 +1,5 @@
 """The shapes-world benchmark, on held-out scenes: VQA accuracy, referring accuracy (IoU >= 0.5)
-and a caption score (corpus BLEU-4), each beside its chance level; optionally (`text`) the accuracy
+and a caption score (corpus BLEU-4), each beside its chance level; optionally the accuracy
 on the same questions asked of the scene told in words, with no image (text-only answers).
 
 Prompts come from the same template registry as training; answers are generated greedily.
@@ -19,7 +19,7 @@ from tasks.data.examples import TaskExample, Turn
 from tasks.evaluate.generation import generate_answers
 from tasks.evaluate.metrics import corpus_bleu, normalise_answer
 
-MAX_NEW_TOKENS = {"vqa": 6, "text": 6, "refer": 24, "caption": 40}
+MAX_NEW_TOKENS = {"vqa": 6, "text_instruction": 6, "refer": 24, "caption": 40}
 
 
 def evaluate_shapes(
@@ -100,7 +100,9 @@ def evaluate_shapes(
             }
             for (ex, _), g, p, h, t in zip(items, golds, preds, hits, qtypes, strict=True)
         ]
-    if "text" in tasks:  # the scene told in words, no image (shapes_world's text_instruction task)
+    if (
+        "text_instruction" in tasks
+    ):  # the scene told in words, no image (shapes_world's text_instruction task)
         examples = [
             e
             for rec, a in zip(records, ann, strict=True)
@@ -110,7 +112,7 @@ def evaluate_shapes(
         ]
         items = [(TaskExample("text_instruction", [Turn(e.turns[0].query, "")]), None) for e in examples]
         golds = [e.turns[0].answer for e in examples]
-        preds = answer(items, MAX_NEW_TOKENS["text"])
+        preds = answer(items, MAX_NEW_TOKENS["text_instruction"])
         hits = [normalise_answer(p) == normalise_answer(g) for p, g in zip(preds, golds, strict=True)]
         metrics["text_accuracy"] = sum(hits) / len(hits)
         table += [

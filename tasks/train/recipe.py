@@ -346,10 +346,19 @@ class StepResult:
 
 
 def forward_losses(
-    model, stage: StageSpec, batch: Batch, pixels, device, contrastive_fn, *, features: bool = False
+    model,
+    stage: StageSpec,
+    batch: Batch,
+    pixels,
+    device,
+    contrastive_fn,
+    *,
+    features: bool = False,
+    queue: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(summed LM cross-entropy, mean contrastive loss) of one micro-batch. `pixels` are the
-    micro-batch's images, or their cached Q-Former outputs when `features`."""
+    micro-batch's images, or their cached Q-Former outputs when `features`; `queue` the stage's
+    contrastive keys (tasks/train/keys.py)."""
     images = {"image_features": pixels} if features else {"pixel_values": pixels}
     ids = batch.input_ids.to(device, non_blocking=True)
     segs = batch.segment_ids.to(device, non_blocking=True)
@@ -371,12 +380,14 @@ def forward_losses(
         )
     if stage.contrastive is not None:
         contrastive, _ = contrastive_fn(
+            model,
             embeds,
             ids,
-            model.image_token_id,
+            None if features else pixels,
             segment_ids=segs,
             attention_mask=mask,
             temperature=stage.contrastive.temperature,
+            queue=queue,
         )
     return lm_sum, contrastive
 
@@ -440,6 +451,7 @@ def train_step(
     step: int,
     timer: Callable[[], float],
     features: bool = False,
+    queue: torch.Tensor | None = None,
 ) -> StepResult:
     """One optimizer step over the global `batch` (see the module docstring). `images` are those of
     this rank's rows (split_rows(batch, world, rank)), row-major: pixels, or cached Q-Former
@@ -462,7 +474,7 @@ def train_step(
         t1 = timer()
         with autocast:
             lm_sum, con = forward_losses(
-                model, stage, micro, pixels, device, contrastive_fn, features=features
+                model, stage, micro, pixels, device, contrastive_fn, features=features, queue=queue
             )
         loss = torch.zeros((), device=device)
         if lm_sum is not None:

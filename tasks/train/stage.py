@@ -23,19 +23,17 @@ import torch
 from data_specs.pipelines import ModelSpec
 from data_specs.stages import StageSpec
 from model.build import build_model
-from model.losses import semantic_transform_loss
 from tasks import shapes_world, stopping
 from tasks.data.features import select_feature_readers
 from tasks.data.stage_data import StageData, StageLoader, build_pools
 from tasks.tracking import Tracker
-from tasks.train import recipe
+from tasks.train import keys, recipe
 from tasks.train.flops import StepFlops, peak_flops
 from tasks.train.progress import ProgressBar, duration
 from tasks.train.throughput import Throughput
 
-# Keyed by the names of data_specs.registry.CONTRASTIVE_LOSSES (the tests check they match):
-# loss(inputs_embeds, input_ids, image_token_id, *, segment_ids, attention_mask, temperature)
-CONTRASTIVE_LOSSES: dict[str, Callable[..., Any]] = {"semantic_transform": semantic_transform_loss}
+# Keyed by the names of data_specs.registry.CONTRASTIVE_LOSSES (the tests check they match).
+CONTRASTIVE_LOSSES: dict[str, Callable[..., Any]] = keys.CONTRASTIVE_LOSSES
 
 
 STAGE_RESULT = "result.json"  # beside checkpoint/: the finished stage's summary and MLflow run id
@@ -260,6 +258,16 @@ def _train(
     recipe.set_train_mode(model)
     end_step = sched.steps if max_steps is None else min(sched.steps, max_steps)
     contrastive_fn = CONTRASTIVE_LOSSES[stage.contrastive.loss] if stage.contrastive else None
+    queue = keys.stage_queue(
+        stage,
+        model,
+        lambda: StageData.for_model(stage, pools, built, features=readers),
+        output_dir,
+        device,
+        fingerprint=spec_digest,
+        write=procs.main,
+        log=say,
+    )
     started = time.perf_counter()
 
     def save(directory: Path, step: int, *, resumable: bool = True) -> None:
@@ -329,6 +337,7 @@ def _train(
                     device=device,
                     named=named,
                     contrastive_fn=contrastive_fn,
+                    queue=queue,
                     step=step + 1,
                     timer=time.perf_counter,
                 )

@@ -90,7 +90,7 @@ BAD_CASES = {
     ),
     "bad contrastive loss": (
         lambda s: s.replace("log_every: 25", "contrastive: {loss: infonce}\nlog_every: 25"),
-        "contrastive.loss: unknown contrastive loss 'infonce'; known contrastive losses: semantic_transform",
+        "contrastive.loss: unknown contrastive loss 'infonce'; known contrastive losses: image_encoder, language_model, semantic_transform",
     ),
     "bad dataset format": (
         lambda s: s.replace(

@@ -70,7 +70,7 @@ def test_shapes_benchmark_reports_each_task_beside_its_chance_and_every_predicti
         built.tokenizer,
         built.preprocess,
         records,
-        tasks=["vqa", "refer", "caption", "text"],
+        tasks=["vqa", "refer", "caption", "text_instruction"],
         num_query_tokens=built.preset.num_query_tokens,
         batch_size=16,
         seed=0,

@@ -187,3 +187,67 @@ def test_resume_refuses_a_changed_spec_and_a_corrupt_state_with_the_way_out(tmp_
     weights.write_bytes(weights.read_bytes()[:-8])
     with pytest.raises(CheckpointError, match=rf"{weights}: .*delete {final} to train stage"):
         train_stage(logged_more, MODEL, data_dirs=shapes_source, output_dir=out, log=quiet)
+
+
+@pytest.mark.parametrize(
+    ("loss", "trainable"),
+    [("semantic_transform", ["projection"]), ("language_model", ["lora"]), ("image_encoder", ["vision"])],
+)
+def test_each_eim_loss_is_a_segmented_stage_of_its_own_with_a_queue_kept_on_disk(
+    tmp_path, shapes_source, loss, trainable
+):
+    """autoregressive: false and one EIM loss: only the loss's groups change, the queue is built once
+    from the stage's training batches, written beside the checkpoints and read back, not rebuilt."""
+    import safetensors
+
+    from data_specs.stages import Contrastive
+    from model.build import build_model
+    from tasks.train import keys
+
+    stage = small("shapes_towers", 3, lr=1e-3)
+    stage.trainable = trainable
+    stage.contrastive = Contrastive(loss=loss, queue=24)
+    stage = type(stage).model_validate(stage.model_dump())  # the spec's own checks
+    messages = []
+    out = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / loss, log=messages.append)
+    assert any(f"24 {loss} keys built" in m for m in messages), messages
+    path = tmp_path / loss / keys.KEYS_FILE
+    with safetensors.safe_open(str(path), "pt") as handle:
+        assert handle.get_tensor("keys").shape[0] == 24 and handle.metadata()["loss"] == loss
+    weights = load_file(Path(out["checkpoint"]) / "weights.safetensors")
+    start = dict(build_model(MODEL, tokenizer_corpus=tokenizer_corpus, log=quiet)[0].model.named_parameters())
+    from model.trainable import group_of
+
+    moved = {group_of(n) for n, w in weights.items() if n in start and not torch.equal(w, start[n].detach())}
+    assert moved == set(trainable), moved
+
+    # the same stage again: the keys on disk are read, not rebuilt
+    built, _ = build_model(MODEL, tokenizer_corpus=tokenizer_corpus, log=quiet)
+    messages.clear()
+    again = keys.stage_queue(
+        stage,
+        built.model,
+        lambda: pytest.fail("the queue was rebuilt"),
+        tmp_path / loss,
+        torch.device("cpu"),
+        fingerprint=handle_fingerprint(path),
+        log=messages.append,
+    )
+    assert again.shape[0] == 24 and any("read from" in m for m in messages)
+
+
+def handle_fingerprint(path):
+    import safetensors
+
+    with safetensors.safe_open(str(path), "pt") as handle:
+        return handle.metadata()["stage_sha256"]
+
+
+def test_a_stage_spec_refuses_an_eim_loss_whose_groups_do_not_train():
+    from data_specs.stages import Contrastive
+
+    stage = small("shapes_towers", 3)
+    stage.trainable = ["projection"]
+    stage.contrastive = Contrastive(loss="image_encoder")
+    with pytest.raises(ValueError, match="image_encoder trains only vision"):
+        type(stage).model_validate(stage.model_dump())
