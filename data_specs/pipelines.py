@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from data_specs.loader import Seed, SpecError, SpecModel, load_spec
 from data_specs.registry import BENCHMARKS, OFFICIAL_BENCHMARKS, PRESETS, TASK_TYPES, Name, check_name
 from data_specs.sources import SourceSpec, check_source_files, load_source_spec, splits_of
-from data_specs.stages import StageSpec, check_stage_files, load_stage_spec
+from data_specs.stages import StageSpec, check_stage_files, load_stage_spec, projection_warmup_stage
 from model.lora import DEFAULT_LORA, DEFAULT_MM_ADAPTER
 from model.presets import ABLATIONS
 
@@ -268,8 +268,8 @@ class ResolvedPipeline:
     spec: PipelineSpec
     sources: dict[str, SourceSpec]
     source_paths: dict[str, Path]
-    stages: list[StageSpec]
-    stage_paths: list[Path]
+    stages: list[StageSpec]  # in run order; a stage's projection warm-up comes just before it
+    stage_paths: list[Path]  # the spec file of each (a warm-up's is its stage's)
 
 
 def _check_split(source: SourceSpec, split: str, path: Path, field: str) -> None:
@@ -368,6 +368,7 @@ def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipe
             raise SpecError(path, f"sources[{i}]", f"source name {src.name!r} appears twice")
         sources[src.name], source_paths[src.name] = src, src_path
     stages: list[StageSpec] = []
+    stage_paths: list[Path] = []
     for i, stage_path in enumerate(spec.stages):
         if not stage_path.is_file():
             raise SpecError(path, f"stages[{i}]", f"no such stage spec {stage_path}")
@@ -387,9 +388,13 @@ def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipe
                 _check_split(
                     sources[ds.source], ds.split or "train", stage_path, f"mixture.datasets[{j}].split"
                 )
-        if stage.name in {s.name for s in stages}:
-            raise SpecError(path, f"stages[{i}]", f"stage name {stage.name!r} appears twice")
-        stages.append(stage)
+        # a projection warm-up (VPGTrans) is a stage of its own, just before the one that asks for it
+        expanded = [stage] if stage.projection_warmup is None else [projection_warmup_stage(stage), stage]
+        for one in expanded:
+            if one.name in {s.name for s in stages}:
+                raise SpecError(path, f"stages[{i}]", f"stage name {one.name!r} appears twice")
+            stages.append(one)
+            stage_paths.append(stage_path)
     if spec.evaluation is not None and spec.evaluation.source not in sources:
         raise SpecError(
             path,
@@ -412,7 +417,7 @@ def load_pipeline(path: str | Path, *, check_files: bool = True) -> ResolvedPipe
         raise SpecError(
             path, "tracking.champion_metric", "needs tracking.registered_model (no version to promote)"
         )
-    return ResolvedPipeline(path, spec, sources, source_paths, stages, list(spec.stages))
+    return ResolvedPipeline(path, spec, sources, source_paths, stages, stage_paths)
 
 
 SpecKind = Literal["pipeline", "stage", "source"]

@@ -42,6 +42,7 @@ SHAPES_TASKS = (
 
 def _stage(stage, steps: int, positions: int) -> tuple[dict[str, Any], list[str]]:
     data = stage.model_dump(mode="json", exclude_none=True)
+    data.pop("projection_warmup", None)  # the warm-up is a stage of rp.stages already, written on its own
     kept, dropped = [], []
     for ds in stage.mixture.datasets:
         if ds.task not in SHAPES_TASKS:

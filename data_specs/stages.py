@@ -241,6 +241,15 @@ class Contrastive(SpecModel):
     )
 
 
+class ProjectionWarmup(SpecModel):
+    """VPGTrans's projector warm-up: the projection alone, at a large learning rate, on the stage's
+    own data, before the stage proper (a stage of its own, `<name>_projection_warmup`)."""
+
+    steps: int = Field(gt=0, description="Steps of the warm-up stage.")
+    lr: float = Field(gt=0, description="Its learning rate, constant after warmup_steps (VPGTrans: ~10x).")
+    warmup_steps: int = Field(0, ge=0, description="Linear ramp from the stage's warmup_lr to lr.")
+
+
 class Loader(SpecModel):
     """How the stage's images reach the model: worker processes, lookahead, and a bounded cache.
     None of it changes which batches a stage sees (resumes may change it)."""
@@ -278,6 +287,11 @@ class StageSpec(SpecModel):
     mixture: Mixture
     trainable: list[GroupName] = Field(min_length=1, description=f"Groups to train: {', '.join(GROUPS)}.")
     schedule: Schedule
+    projection_warmup: ProjectionWarmup | None = Field(
+        None,
+        description="Train the projection alone first, at a large learning rate, on this stage's data "
+        "(VPGTrans's projector warm-up): the pipeline runs `<name>_projection_warmup` before the stage.",
+    )
     contrastive: Contrastive | None = Field(
         None, description="Optional auxiliary contrastive loss; null = autoregressive loss only."
     )
@@ -376,6 +390,35 @@ class StageSpec(SpecModel):
         if idle:
             raise ValueError(f"schedule.lr_scale: group {idle[0]!r} is not in trainable, so it has no lr")
         return self
+
+
+def projection_warmup_stage(stage: StageSpec) -> StageSpec:
+    """The stage that `stage.projection_warmup` asks for: the same data and template, the projection
+    alone, `steps` steps at a constant `lr` after `warmup_steps`, next-token loss only."""
+    warm = stage.projection_warmup
+    if warm is None:
+        raise ValueError(f"stage {stage.name} has no projection_warmup")
+    data = stage.model_dump(mode="json", exclude_none=True)
+    data.update(
+        name=f"{stage.name}_projection_warmup",
+        description=f"projection warm-up before {stage.name} (VPGTrans): the projection alone at lr {warm.lr:g}",
+        trainable=["projection"],
+        autoregressive=True,
+        checkpoint_every=0,
+    )
+    data.pop("contrastive", None)
+    data.pop("projection_warmup", None)
+    schedule = data["schedule"]
+    for key in ("epochs", "iters_per_epoch", "restart_each_epoch", "lr_scale"):
+        schedule.pop(key, None)
+    schedule.update(
+        steps=warm.steps,
+        lr=warm.lr,
+        min_lr=warm.lr,
+        warmup_steps=warm.warmup_steps,
+        warmup_lr=min(schedule.get("warmup_lr", 1e-6), warm.lr),
+    )
+    return StageSpec.model_validate(data)
 
 
 def check_stage_files(stage: StageSpec, path: str | Path) -> None:
