@@ -291,6 +291,11 @@ def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> N
             "image_size",
             f"{stage.image_size} is not a multiple of preset {preset.name}'s patch size {patch}",
         )
+    if stage.image_size is not None and preset.visual_tokens == "merge":  # merged tokens follow the size
+        try:
+            preset = preset.with_image_size(stage.image_size)
+        except ValueError as exc:
+            raise SpecError(path, "image_size", str(exc)) from None
     queries = preset.num_query_tokens
     if stage.max_len <= queries + 8:
         raise SpecError(

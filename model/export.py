@@ -8,8 +8,9 @@ Folder layout (every weight file is safetensors; nothing in it runs code when lo
                              `mm_adapter.*`); stock `PhiForCausalLM.from_pretrained` loads the
                              rest and ignores them, `load_merged` puts them back
     vision_model/            transformers Blip2VisionModel (config.json + model.safetensors)
-    qformer/                 transformers Blip2QFormerModel (config.json + model.safetensors)
-    connector.safetensors    the query tokens and the two projection Linears
+    qformer/                 transformers Blip2QFormerModel (config.json + model.safetensors); absent
+                             for a token-merge preset, which has no bridge weights
+    connector.safetensors    the query tokens (Q-Former presets) and the two projection Linears
     tokenizer/               the tokenizer (tokenizer.json, special tokens)
     preprocessor_config.json transformers BlipImageProcessor settings (size, mean, std, bicubic)
     vlmpipe.json             preset, ablations, MM-Adapter settings, template, end symbol, source
@@ -59,8 +60,10 @@ def export_merged(built: Any, out: str | Path, *, template: str, end_sym: str, s
     try:
         model.language_model.save_pretrained(tmp / "language_model", safe_serialization=True)
         model.vision.vit.save_pretrained(tmp / "vision_model", safe_serialization=True)
-        model.qformer.transformer.save_pretrained(tmp / "qformer", safe_serialization=True)
-        connector = {"query_tokens": model.qformer.query_tokens.detach()}
+        connector = {}
+        if hasattr(model.qformer, "transformer"):  # a Q-Former (a token merge has no weights)
+            model.qformer.transformer.save_pretrained(tmp / "qformer", safe_serialization=True)
+            connector["query_tokens"] = model.qformer.query_tokens.detach()
         connector.update({f"projection.{k}": v.detach() for k, v in model.projection.state_dict().items()})
         safetensors.torch.save_file(
             {k: v.contiguous().cpu() for k, v in connector.items()}, str(tmp / "connector.safetensors")
@@ -175,7 +178,10 @@ def load_merged(folder: str | Path) -> tuple[Any, dict[str, Any]]:
         if key not in own or not torch.equal(own[key], value):
             raise ExportError(f"{lm_dir}: transformers reads {key} differently from {MANIFEST}'s preset")
     del reference
-    for part, module in (("vision_model", model.vision.vit), ("qformer", model.qformer.transformer)):
+    parts = [("vision_model", model.vision.vit)]
+    if hasattr(model.qformer, "transformer"):
+        parts.append(("qformer", model.qformer.transformer))
+    for part, module in parts:
         state = _tensors(folder / part / "model.safetensors")
         try:
             module.load_state_dict(state, strict=True)
@@ -183,7 +189,8 @@ def load_merged(folder: str | Path) -> tuple[Any, dict[str, Any]]:
             raise ExportError(f"{folder / part / 'model.safetensors'}: {str(exc).splitlines()[0]}") from None
     connector = _tensors(folder / "connector.safetensors")
     try:
-        model.qformer.query_tokens.data.copy_(connector.pop("query_tokens"))
+        if hasattr(model.qformer, "query_tokens"):
+            model.qformer.query_tokens.data.copy_(connector.pop("query_tokens"))
         model.projection.load_state_dict({k.removeprefix("projection."): v for k, v in connector.items()})
     except (KeyError, RuntimeError) as exc:
         raise ExportError(f"{folder / 'connector.safetensors'}: {str(exc).splitlines()[0]}") from None

@@ -49,6 +49,11 @@ class ModelPreset:
     image_std: tuple[float, float, float] = CLIP_STD
     # Attention kernel for the LM: "sdpa" honours our explicit 4-D packing masks (checked in tests).
     attn_implementation: str = "sdpa"
+    # How patch features become the LM's image tokens: "qformer" (BLIP-2's Q-Former, num_query_tokens
+    # learned queries) or "merge" (MiniGPT-v2: every `merge_factor` adjacent patch tokens concatenated,
+    # then the projection; num_query_tokens = patches / merge_factor, and it follows the image size).
+    visual_tokens: str = "qformer"
+    merge_factor: int = 4
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into logs
 
     @property
@@ -70,6 +75,24 @@ class ModelPreset:
         return int(self.qformer_kwargs["hidden_size"])
 
     @property
+    def bridge_width(self) -> int:
+        """Width of each image token before the projection: the Q-Former's hidden size, or
+        merge_factor patch features side by side."""
+        if self.visual_tokens == "merge":
+            return self.merge_factor * self.vision_hidden
+        return self.qformer_hidden
+
+    def merged_tokens(self, image_size: int) -> int:
+        """Image tokens per image of a "merge" preset at `image_size`."""
+        patches = (image_size // int(self.vision_kwargs["patch_size"])) ** 2
+        if patches % self.merge_factor:
+            raise ValueError(
+                f"preset {self.name}: {patches} patches at {image_size} px are not a multiple of "
+                f"merge_factor {self.merge_factor}"
+            )
+        return patches // self.merge_factor
+
+    @property
     def lm_hidden(self) -> int:
         return int(self.lm_kwargs["hidden_size"])
 
@@ -78,6 +101,10 @@ class ModelPreset:
         patch = int(self.vision_kwargs["patch_size"])
         if image_size <= 0 or image_size % patch:
             raise ValueError(f"image_size {image_size} must be a positive multiple of the patch size {patch}")
+        if self.visual_tokens == "merge":  # more patches, more merged tokens
+            return dataclasses.replace(
+                self, image_size=image_size, num_query_tokens=self.merged_tokens(image_size)
+            )
         return dataclasses.replace(self, image_size=image_size)
 
     def vision_config(self) -> Blip2VisionConfig:
@@ -231,7 +258,20 @@ _PHI15 = dataclasses.replace(
     lm_source="microsoft/phi-1_5",
 )
 
-PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_TINY, _PHI2, _PHI15)}
+# MiniGPT-v2's light-weight compression instead of the Q-Former: 4 adjacent ViT tokens concatenated
+# and projected (no Q-Former weights; the projection's first Linear reads 4 x the vision width).
+_TINY_MERGE = dataclasses.replace(
+    _TINY, name="tiny-merge", visual_tokens="merge", merge_factor=4, num_query_tokens=(64 // 8) ** 2 // 4
+)
+_PHI2_MERGE = dataclasses.replace(
+    _PHI2,
+    name="tinygptv-phi2-merge",
+    visual_tokens="merge",
+    merge_factor=4,
+    num_query_tokens=(224 // 14) ** 2 // 4,
+)
+
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_TINY, _TINY_MERGE, _PHI2, _PHI2_MERGE, _PHI15)}
 
 
 def get_preset(name: str) -> ModelPreset:

@@ -55,7 +55,8 @@ def load_pretrained_parts(
     resize_for_tokenizer(lm, vocab_size)
 
     _check(preset, "vision hidden size", vision.config.hidden_size, preset.vision_hidden)
-    _check(preset, "Q-Former hidden size", qformer.config.hidden_size, preset.qformer_hidden)
-    _check(preset, "number of query tokens", query_tokens.shape[1], preset.num_query_tokens)
+    if preset.visual_tokens == "qformer":  # a "merge" preset keeps BLIP-2's ViT only
+        _check(preset, "Q-Former hidden size", qformer.config.hidden_size, preset.qformer_hidden)
+        _check(preset, "number of query tokens", query_tokens.shape[1], preset.num_query_tokens)
     _check(preset, "LM hidden size", lm.config.hidden_size, preset.lm_hidden)
     return PretrainedParts(vision=vision, qformer=qformer, query_tokens=query_tokens, language_model=lm)

@@ -1,7 +1,11 @@
-"""Q-Former bridge: learned query tokens cross-attend to vision features (BLIP-2's Blip2QFormerModel).
+"""The bridge from patch features to image tokens, a preset's choice (`visual_tokens`):
 
-It compresses a variable number of patch features into a fixed `num_query_tokens` vectors per image,
-which is what makes each image cost the LM the same, small number of positions.
+- `QueryTransformer`: learned query tokens cross-attend to vision features (BLIP-2's
+  Blip2QFormerModel). It compresses any number of patch features into `num_query_tokens` vectors per
+  image, so each image costs the LM the same, small number of positions.
+- `TokenMerge`: MiniGPT-v2's light-weight compression, every `factor` adjacent patch tokens
+  concatenated into one (the class token dropped); the projection then maps them to the LM. No
+  weights of its own; the token count follows the image size.
 """
 
 from __future__ import annotations
@@ -40,3 +44,31 @@ class QueryTransformer(nn.Module):
         queries = self.query_tokens.expand(vision_states.shape[0], -1, -1)
         out = self.transformer(query_embeds=queries, encoder_hidden_states=vision_states)
         return out.last_hidden_state[:, : self.num_queries]
+
+
+class TokenMerge(nn.Module):
+    """Vision features [N, 1 + P, D] -> [N, P / factor, factor * D] (adjacent tokens side by side)."""
+
+    def __init__(self, factor: int, tokens: int):
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"merge factor must be at least 1, got {factor}")
+        self.factor = int(factor)
+        self.tokens = int(tokens)
+
+    @classmethod
+    def from_preset(cls, preset: ModelPreset) -> TokenMerge:
+        return cls(preset.merge_factor, preset.merged_tokens(preset.image_size))
+
+    @property
+    def num_queries(self) -> int:
+        return self.tokens
+
+    def forward(self, vision_states: torch.Tensor) -> torch.Tensor:
+        patches = vision_states[:, 1:]  # BLIP-2's ViT puts a class token first
+        n, p, d = patches.shape
+        if p != self.tokens * self.factor:
+            raise ValueError(
+                f"{p} patch tokens, expected {self.tokens * self.factor} ({self.tokens} x {self.factor})"
+            )
+        return patches.reshape(n, self.tokens, self.factor * d)

@@ -29,7 +29,7 @@ from .packing import (
 from .presets import ModelPreset, get_preset
 from .pretrained import PretrainedParts, load_pretrained_parts
 from .projection import ImageProjection
-from .qformer import QueryTransformer
+from .qformer import QueryTransformer, TokenMerge
 from .tokenizer import IGNORE_INDEX
 from .tokenizer import image_token_id as find_image_token_id
 from .tokenizer import pad_token_id as tokenizer_pad_id
@@ -74,17 +74,25 @@ class VisionLanguageModel(nn.Module):
         self.lora_settings = lora
         if pretrained_parts is None:
             vision = build_vision_tower(preset)
-            qformer = QueryTransformer.from_preset(preset)
+            qformer = (
+                TokenMerge.from_preset(preset)
+                if preset.visual_tokens == "merge"
+                else QueryTransformer.from_preset(preset)
+            )
             lm = build_language_model(preset, vocab_size, pad_token_id, qk_norm="qk_norm" not in ablate)
         else:
             vision = pretrained_parts.vision
-            qformer = QueryTransformer(pretrained_parts.qformer, pretrained_parts.query_tokens)
+            qformer = (
+                TokenMerge.from_preset(preset)
+                if preset.visual_tokens == "merge"
+                else QueryTransformer(pretrained_parts.qformer, pretrained_parts.query_tokens)
+            )
             lm = pretrained_parts.language_model
         if max(self.image_token_id, self.pad_token_id) >= embedding_rows(lm):
             raise ValueError(f"token ids must be below the embedding size {embedding_rows(lm)}")
         self.vision = VisionTower(vision)
         self.qformer = qformer
-        self.projection = ImageProjection(preset.qformer_hidden, preset.projection_hidden, preset.lm_hidden)
+        self.projection = ImageProjection(preset.bridge_width, preset.projection_hidden, preset.lm_hidden)
         self.language_model = prepare_language_model(lm, lora, ablate)
         self.mm_adapter_settings = mm_adapter
         if mm_adapter is not None:

@@ -129,7 +129,10 @@ class StepFlops:
             vision_per_image=per("vision", vision_tokens)
             + float(sum(m * n for m, n in patch_embed.items()) * (vision_tokens - 1))
             + attn("vision") * vit_layers * vit_w * vision_tokens * vision_tokens,
-            qformer_per_image=per("qformer", queries)
+            # a token merge (visual_tokens: merge) is a reshape: no weights, no FLOPs
+            qformer_per_image=0.0
+            if preset.visual_tokens == "merge"
+            else per("qformer", queries)
             + float(sum(m * n for m, n in cross_kv.items()) * vision_tokens)
             + attn("qformer") * q_w * (q_layers * queries * queries + cross_layers * queries * vision_tokens),
             projection_per_image=per("projection", queries),
