@@ -67,8 +67,9 @@ def test_a_name_field_lists_the_known_names_and_carries_an_enum():
 
     with pytest.raises(ValidationError) as err:
         Spec(preset="phi2")
-    assert "unknown model preset 'phi2'; known model presets: tiny, tinygptv-phi1_5, tinygptv-phi2" in str(
-        err.value
+    assert (
+        "unknown model preset 'phi2'; known model presets: tiny, tiny-merge, tinygptv-phi1_5, tinygptv-phi2, tinygptv-phi2-merge"
+        in str(err.value)
     )
     assert Spec.model_json_schema()["properties"]["preset"]["enum"] == sorted(PRESETS)
     stage = schema_of("stage")
