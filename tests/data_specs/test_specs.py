@@ -105,15 +105,15 @@ BAD_CASES = {
         "mixture.datasets[2]: format gqa gives vqa examples, but task is refer",
     ),
     "lr_scale of an unknown group": (
-        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {visoin: 0.1}}"),
+        lambda s: s.replace("warmup_steps: 60}", "warmup_steps: 60, lr_scale: {visoin: 0.1}}"),
         "schedule.lr_scale: unknown trainable group 'visoin' (did you mean 'vision'?)",
     ),
     "lr_scale of a frozen group": (
-        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {vision: 0.1}}"),
+        lambda s: s.replace("warmup_steps: 60}", "warmup_steps: 60, lr_scale: {vision: 0.1}}"),
         "schedule.lr_scale: group 'vision' is not in trainable",
     ),
     "lr_scale of zero": (
-        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, lr_scale: {projection: 0}}"),
+        lambda s: s.replace("warmup_steps: 60}", "warmup_steps: 60, lr_scale: {projection: 0}}"),
         "projection: scale must be > 0",
     ),
     "contrastive-only stage without a contrastive loss": (
@@ -142,7 +142,7 @@ BAD_CASES = {
         "schedule.min_lr: 0.03 is above lr 0.003",
     ),
     "beta of one": (
-        lambda s: s.replace("warmup_steps: 30}", "warmup_steps: 30, betas: [0.9, 1.0]}"),
+        lambda s: s.replace("warmup_steps: 60}", "warmup_steps: 60, betas: [0.9, 1.0]}"),
         "schedule.betas: each beta must be in [0, 1), got 1",
     ),
     "seed too large": (
@@ -154,7 +154,7 @@ BAD_CASES = {
         "seed: input should be greater",
     ),
     "steps: true": (
-        lambda s: s.replace("steps: 600,", "steps: true,"),
+        lambda s: s.replace("steps: 1200,", "steps: true,"),
         "schedule.steps: expected a number, got true",
     ),
     "duplicate key": (
@@ -254,8 +254,8 @@ BAD_PIPELINES = {
     ),
     "preset typo": (
         lambda s: s.replace("preset: tiny", "preset: tinny"),
-        "model.preset: unknown model preset 'tinny' (did you mean 'tiny'?); known model presets: tiny, "
-        "tinygptv-phi1_5, tinygptv-phi2",
+        "model.preset: unknown model preset 'tinny' (did you mean 'tiny'?); known model presets: tiny, tiny-merge, "
+        "tinygptv-phi1_5, tinygptv-phi2, tinygptv-phi2-merge",
     ),
     "unknown benchmark": (
         lambda s: s.replace("benchmark: shapes_world", "benchmark: gqa"),
