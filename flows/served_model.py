@@ -66,8 +66,8 @@ class VlmpipeModel(PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
         from PIL import Image
 
-        from tasks.data.examples import TASK_IDENTIFIERS, TaskExample, Turn
-        from tasks.evaluate.generation import generate_answers
+        from flows.ask import Asker
+        from tasks.data.examples import TASK_IDENTIFIERS
 
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
         items = []
@@ -82,19 +82,13 @@ class VlmpipeModel(PythonModel):
                 raise ValueError(f"row {i}: unknown task {task!r}; known: {', '.join(TASK_IDENTIFIERS)}")
             with Image.open(io.BytesIO(bytes(data))) as opened:
                 image = opened.convert("RGB")
-            items.append((TaskExample(task, [Turn(str(row.get("prompt") or ""), "")], image="input"), image))
+            items.append((task, str(row.get("prompt") or ""), image))
         max_new = int((params or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-        return generate_answers(
-            self.built.model,
-            self.built.tokenizer,
-            self.built.preprocess,
+        asker = Asker(self.built, self.template, self.end_sym, "fp32")
+        return asker.answer(
             items,
-            template=self.template,
-            end_sym=self.end_sym,
-            num_query_tokens=self.built.preset.num_query_tokens,
             max_new_tokens=max_new,
             batch_size=16,
-            instructions=["{}"],
         )
 
 

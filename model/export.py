@@ -47,6 +47,7 @@ def export_merged(built: Any, out: str | Path, *, template: str, end_sym: str, s
     from transformers import BlipImageProcessor
     from transformers.image_utils import PILImageResampling
 
+    from .checkpoint import _fsync_tree
     from .inference import merge_lora
 
     out = Path(out)
@@ -97,10 +98,7 @@ def export_merged(built: Any, out: str | Path, *, template: str, end_sym: str, s
             else dataclasses.asdict(model.mm_adapter_settings),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
+        _fsync_tree(tmp)  # everything on disk before the rename makes it visible
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

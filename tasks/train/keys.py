@@ -56,13 +56,14 @@ CONTRASTIVE_LOSSES: dict[str, Callable[..., Any]] = {
 
 
 @torch.no_grad()
-def batch_keys(loss: str, model, ids, pixels, segs, mask) -> torch.Tensor:
-    """The keys one batch contributes to `loss`'s queue [samples, D]."""
+def batch_keys(loss: str, model, ids, pixels, segs, mask, *, image_features=None) -> torch.Tensor:
+    """The keys one batch contributes to `loss`'s queue [samples, D]; images as pixels or as cached
+    Q-Former outputs (`image_features`)."""
     if loss == "semantic_transform":
         words = model.language_model.get_input_embeddings()(ids)
         return text_means(words, ids, model.image_token_id, segs, mask).float()
     if loss == "language_model":
-        embeds = model.embed_inputs(ids, pixels)
+        embeds = model.embed_inputs(ids, pixels, image_features=image_features)
         with adapters_off(model):
             return last_token_states(model, embeds, ids, segs, mask).float()
     if loss == "image_encoder":
@@ -111,8 +112,8 @@ def stage_queue(
             segs = batch.segment_ids.to(device)
             mask = batch.attention_mask.to(device)
             pix = None if pixels is None else pixels.to(device)
-            if data.uses_features and spec.loss == "language_model":  # cached Q-Former outputs
-                keys = _features_keys(model, ids, pix, segs, mask)
+            if data.uses_features:  # cached Q-Former outputs, not pixels
+                keys = batch_keys(spec.loss, model, ids, None, segs, mask, image_features=pix)
             else:
                 keys = batch_keys(spec.loss, model, ids, pix, segs, mask)
             collected.append(keys)
@@ -134,10 +135,3 @@ def stage_queue(
             tmp.unlink(missing_ok=True)
     log(f"stage {stage.name}: {len(keys)} {spec.loss} keys built from its training batches -> {path}")
     return keys.to(device)
-
-
-@torch.no_grad()
-def _features_keys(model, ids, features, segs, mask) -> torch.Tensor:
-    embeds = model.embed_inputs(ids, None, image_features=features)
-    with adapters_off(model):
-        return last_token_states(model, embeds, ids, segs, mask).float()
