@@ -40,6 +40,11 @@ class MMAdapterSpec(SpecModel):
     )
     scale: float = Field(DEFAULT_MM_ADAPTER.scale, gt=0, description="Weight of the adapters' output.")
     dropout: float = Field(DEFAULT_MM_ADAPTER.dropout, ge=0, lt=1)
+    vision: bool = Field(
+        DEFAULT_MM_ADAPTER.vision,
+        description="Also put MM-Adapters in the vision tower's blocks (group mm_adapter); each routes "
+        "an image by its own class token.",
+    )
 
 
 class ModelSpec(SpecModel):

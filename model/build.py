@@ -99,7 +99,11 @@ def build_model(
     if getattr(choice, "adapter", "lora") == "mm_adapter":
         given = getattr(choice, "mm_adapter", None)
         mm_adapter = MMAdapterSettings(
-            **{k: getattr(given, k) for k in ("dim", "temperature", "scale", "dropout") if hasattr(given, k)}
+            **{
+                k: getattr(given, k)
+                for k in ("dim", "temperature", "scale", "dropout", "vision")
+                if hasattr(given, k)
+            }
         )
     model = VisionLanguageModel.from_preset(
         preset,

@@ -28,6 +28,7 @@ class MMAdapterSettings:
     temperature: float = 10.0  # router softmax temperature (LaVIN: 10 for its 7B model)
     scale: float = 1.0  # weight of the adapters' output on the normalised input
     dropout: float = 0.0
+    vision: bool = False  # also adapt the vision tower's blocks (LaVIN's optional placement)
 
 
 DEFAULT_MM_ADAPTER = MMAdapterSettings()

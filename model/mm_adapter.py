@@ -15,6 +15,12 @@ temperature of 10 for its 7B model.
 Everything lives under `language_model.mm_adapter.*` (trainable group `mm_adapter`). The model sets
 the per-token modality (`MMAdapters.modality`) before each LM call; a call without it counts as
 text-only.
+
+With `MMAdapterSettings.vision`, the vision tower gets adapters too (LaVIN's optional placement),
+one per ViT block on the output of its first LayerNorm (the attention's input), under
+`vision.vit.mm_adapter.*` (same group). Every vision token is an image token, so there the router
+reads each image's own class token at that block instead of a modality embedding: the mix of the two
+up-projections is chosen per image, as LaVIN's image-encoder adapters do.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class ModalityAdapter(nn.Module):
         return torch.softmax(self.router(modality_embeds) / self.temperature, dim=-1)
 
     def forward(self, hidden: torch.Tensor, modality_embeds: torch.Tensor) -> torch.Tensor:
+        """`modality_embeds` [..., hidden], broadcast against `hidden`: what the router reads."""
         z = self.dropout(self.act(self.down(hidden)))
         w = self.weights(modality_embeds).to(hidden.dtype)
         mixed = w[..., 0:1] * self.up[0](z) + w[..., 1:2] * self.up[1](z)
@@ -99,6 +106,38 @@ def inject_mm_adapters(lm: nn.Module, settings: MMAdapterSettings) -> MMAdapters
     for index, layer in enumerate(lm.model.layers):
         # registered on the norm (or the Identity the input_layernorm ablation leaves)
         layer.input_layernorm.register_forward_hook(partial(_adapt, adapters, index))
+    return adapters
+
+
+class VisionMMAdapters(nn.Module):
+    """One adapter per ViT block; each routes an image by its class token's state at that block."""
+
+    def __init__(self, hidden: int, num_layers: int, settings: MMAdapterSettings):
+        super().__init__()
+        self.settings = settings
+        self.layers = nn.ModuleList([ModalityAdapter(hidden, settings) for _ in range(num_layers)])
+
+    def route(self, normed: torch.Tensor, index: int) -> torch.Tensor:
+        """[N, 2] mixture weights of block `index` for its normalised input [N, 1 + patches, hidden]."""
+        return self.layers[index].weights(normed[:, 0])
+
+
+def _adapt_vision(adapters: VisionMMAdapters, index: int, module: nn.Module, args, output):
+    return adapters.layers[index](output, output[:, :1])
+
+
+def inject_vision_mm_adapters(vit: nn.Module, settings: MMAdapterSettings) -> VisionMMAdapters:
+    """Attach `vit.mm_adapter` to a Blip2VisionModel and hook one adapter after each block's
+    first LayerNorm (what its self-attention reads)."""
+    if hasattr(vit, "mm_adapter"):
+        raise ValueError("the vision tower already has MM-Adapters")
+    blocks = vit.encoder.layers
+    reference = vit.embeddings.patch_embedding.weight
+    adapters = VisionMMAdapters(vit.config.hidden_size, len(blocks), settings)
+    adapters.to(device=reference.device, dtype=reference.dtype)
+    vit.mm_adapter = adapters
+    for index, block in enumerate(blocks):
+        block.layer_norm1.register_forward_hook(partial(_adapt_vision, adapters, index))
     return adapters
 
 

@@ -20,7 +20,7 @@ GROUPS: tuple[str, ...] = (
     "qformer",  # Q-Former and its query tokens
     "projection",  # proj_in (768->4096) and proj_out (4096->LM hidden)
     "lora",  # LoRA A/B matrices in the LM's attention
-    "mm_adapter",  # LaVIN's MM-Adapters in the LM (model/mm_adapter.py), the alternative to LoRA
+    "mm_adapter",  # LaVIN's MM-Adapters (model/mm_adapter.py) in the LM, and in the vision tower when asked
     "qk_norm",  # q_layernorm / k_layernorm in every attention block
     "post_attention_norm",  # TinyGPT-V's RMSNorm after every attention block
     "input_layernorm",  # each decoder layer's input LayerNorm
@@ -43,6 +43,8 @@ _LM_MARKERS: tuple[tuple[str, str], ...] = (
 def group_of(param_name: str) -> str:
     """Group of a parameter name as it appears in VisionLanguageModel.named_parameters()."""
     top = param_name.split(".", 1)[0]
+    if top == "vision" and ".mm_adapter." in param_name:
+        return "mm_adapter"
     if top in ("vision", "qformer", "projection"):
         return top
     if top == "language_model":

@@ -18,7 +18,7 @@ from .attention import packed_block_mask
 from .generation import generate_tokens
 from .language import build_language_model, check_ablations, embedding_rows, prepare_language_model
 from .lora import DEFAULT_LORA, LoraSettings, MMAdapterSettings
-from .mm_adapter import inject_mm_adapters, token_modality
+from .mm_adapter import inject_mm_adapters, inject_vision_mm_adapters, token_modality
 from .packing import (
     packed_attention_mask,
     padded_positions,
@@ -62,7 +62,8 @@ class VisionLanguageModel(nn.Module):
         came in another dtype; cast the whole model afterwards (from_preset's `dtype` does).
         `ablate` removes TinyGPT-V's LM changes by name (model/language.py ABLATIONS): `lora` drops the
         adapters (whatever `lora` says), `qk_norm`, `post_attention_norm`, `input_layernorm` their norms.
-        `mm_adapter` adds LaVIN's MM-Adapters to the LM (model/mm_adapter.py) instead of LoRA."""
+        `mm_adapter` adds LaVIN's MM-Adapters to the LM (model/mm_adapter.py) instead of LoRA, and to the
+        vision tower's blocks when its `vision` is set."""
         super().__init__()
         ablate = check_ablations(ablate)
         self.ablated = ablate
@@ -97,6 +98,8 @@ class VisionLanguageModel(nn.Module):
         self.mm_adapter_settings = mm_adapter
         if mm_adapter is not None:
             inject_mm_adapters(self.language_model, mm_adapter)
+            if mm_adapter.vision:
+                inject_vision_mm_adapters(self.vision.vit, mm_adapter)
         self.vocab_size = embedding_rows(self.language_model)
         self.block_sparse = False  # packed rows through FlexAttention block masks (set_packed_attention)
 

@@ -102,6 +102,8 @@ def select_feature_readers(
         return {}
 
     trained = [g for g in ("vision", "qformer") if g in stage.trainable]
+    if "mm_adapter" in stage.trainable and hasattr(model.vision.vit, "mm_adapter"):
+        trained.append("the vision tower's MM-Adapters")
     if trained:
         if stage.frozen_features == "require":
             return refuse(f"the stage trains {' and '.join(trained)}")

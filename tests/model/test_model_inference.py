@@ -167,7 +167,9 @@ def test_exports_of_mm_adapter_and_ablated_models_answer_as_they_did(
 
     torch.manual_seed(7)
     if variant == "mm_adapter":
-        model = VisionLanguageModel.from_preset("tiny", tokenizer, lora=None, mm_adapter=MMAdapterSettings())
+        model = VisionLanguageModel.from_preset(
+            "tiny", tokenizer, lora=None, mm_adapter=MMAdapterSettings(vision=True)
+        )
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if ".mm_adapter." in name:

@@ -15,13 +15,16 @@ from tests.model.conftest import TEST_LORA
 
 NORMS = ["qk_norm", "post_attention_norm", "input_layernorm", "final_layernorm"]
 MMA = MMAdapterSettings(dim=8, temperature=10.0)
+MMA_VISION = MMAdapterSettings(dim=8, temperature=10.0, vision=True)
 
 
 def build(tokenizer, adapter: str, seed: int = 0):
+    """adapter: lora, mm_adapter (LM only) or mm_adapter+vision (LM and vision tower)."""
     torch.manual_seed(seed)
     if adapter == "lora":
         return VisionLanguageModel.from_preset("tiny", tokenizer, lora=TEST_LORA)
-    return VisionLanguageModel.from_preset("tiny", tokenizer, lora=None, mm_adapter=MMA)
+    settings = MMA_VISION if adapter == "mm_adapter+vision" else MMA
+    return VisionLanguageModel.from_preset("tiny", tokenizer, lora=None, mm_adapter=settings)
 
 
 def test_token_modality_follows_each_packed_sample():
@@ -46,10 +49,34 @@ def test_new_mm_adapters_compute_exactly_the_base_model(tokenizer, encode, image
     assert not any(group_of(n) == "lora" for n, _ in adapted.named_parameters())
 
 
-@pytest.mark.parametrize("adapter", ["lora", "mm_adapter"])
+def test_vision_tower_adapters_start_as_the_base_tower_and_route_each_image_by_itself(tokenizer, images):
+    torch.manual_seed(0)
+    base = VisionLanguageModel.from_preset("tiny", tokenizer, lora=None)
+    adapted = build(tokenizer, "mm_adapter+vision")
+    pixels = images(2, seed=5)
+    base.eval(), adapted.eval()
+    with torch.no_grad():
+        assert torch.allclose(base.vision(pixels), adapted.vision(pixels), atol=1e-6)
+    names = [n for n, _ in adapted.named_parameters() if n.startswith("vision.vit.mm_adapter.")]
+    assert len({n.split(".")[4] for n in names}) == len(adapted.vision.vit.encoder.layers)
+    assert all(group_of(n) == "mm_adapter" for n in names)
+    # the router reads each image's class token at its block: two images, two mixes
+    seen = []
+    hook = adapted.vision.vit.encoder.layers[1].layer_norm1.register_forward_hook(
+        lambda module, args, out: seen.append(adapted.vision.vit.mm_adapter.route(out, 1))
+    )
+    with torch.no_grad():
+        adapted.vision(pixels)
+    hook.remove()
+    (weights,) = seen
+    assert weights.shape == (2, 2) and torch.allclose(weights.sum(-1), torch.ones(2))
+    assert not torch.allclose(weights[0], weights[1])
+
+
+@pytest.mark.parametrize("adapter", ["lora", "mm_adapter", "mm_adapter+vision"])
 def test_gradients_reach_exactly_the_groups_a_stage_names(tokenizer, encode, images, adapter):
     model = build(tokenizer, adapter)
-    groups = ["projection", adapter, *NORMS]
+    groups = ["projection", adapter.split("+")[0], *NORMS]
     set_trainable(model, groups, log=None)
     text = encode("###Human: what shape? ###Assistant: circle###")
     pictured = encode("{img} ###Human: what colour? ###Assistant: red###")
@@ -68,6 +95,11 @@ def test_gradients_reach_exactly_the_groups_a_stage_names(tokenizer, encode, ima
     for group in groups:
         grads = [p.grad.abs().sum() for n, p in model.named_parameters() if group_of(n) == group]
         assert sum(grads) > 0, group
+    if adapter == "mm_adapter+vision":  # the frozen tower still passes gradients to its adapters
+        ups = [
+            p.grad.abs().sum() for n, p in model.named_parameters() if n.startswith("vision.vit.mm_adapter.")
+        ]
+        assert ups and sum(ups) > 0
 
 
 def test_the_router_learns_different_mixes_for_text_only_and_image_inputs(tokenizer, encode, images):
@@ -123,11 +155,12 @@ def test_generation_routes_each_row_by_its_prompt_with_and_without_cache(tokeniz
 def test_mm_adapter_weights_round_trip_through_a_checkpoint(tokenizer, tmp_path):
     from model.checkpoint import load_checkpoint, save_checkpoint
 
-    model = build(tokenizer, "mm_adapter", seed=3)
+    model = build(tokenizer, "mm_adapter+vision", seed=3)
     with torch.no_grad():
         model.language_model.mm_adapter.layers[0].up[1].weight.add_(0.5)
+        model.vision.vit.mm_adapter.layers[1].up[0].weight.add_(0.5)
     save_checkpoint(tmp_path / "ckpt", model, ["projection", "mm_adapter"])
-    other = build(tokenizer, "mm_adapter", seed=4)
+    other = build(tokenizer, "mm_adapter+vision", seed=4)
     assert set(load_checkpoint(tmp_path / "ckpt", other).groups) == {"projection", "mm_adapter"}
     for (name, a), (_, b) in zip(model.named_parameters(), other.named_parameters(), strict=True):
         if group_of(name) in ("projection", "mm_adapter"):
