@@ -255,6 +255,17 @@ def test_a_stale_or_foreign_cache_is_refused_with_one_line(tiny, source, tmp_pat
     stage.trainable = ["vision", "projection"]
     with pytest.raises(FeatureCacheError, match="trains vision"):
         select_feature_readers(stage, pools, tiny.model, lines.append)
+    # nor one that trains MM-Adapters inside the vision tower (LM-only adapters leave it frozen)
+    stage.trainable = ["mm_adapter", "projection"]
+    for vision in (True, False):
+        spec = ModelSpec(preset="tiny", adapter="mm_adapter", mm_adapter={"vision": vision})
+        adapted, _ = build_model(spec, tokenizer_corpus=tokenizer_corpus)
+        assert hasattr(adapted.model.vision.vit, "mm_adapter") == vision
+        if vision:
+            with pytest.raises(FeatureCacheError, match="trains the vision tower's MM-Adapters"):
+                select_feature_readers(stage, pools, adapted.model, lines.append)
+        else:  # the same seed: the same towers, so the cache fits
+            assert select_feature_readers(stage, pools, adapted.model, lines.append)
 
 
 # -- packed attention without a dense mask ---------------------------------------------------------
