@@ -2,6 +2,7 @@
 
     python benchmarks/generation_bench.py                                   # tiny preset, on the CPU
     python benchmarks/generation_bench.py --preset tinygptv-phi2 --device cuda   # real size, random weights
+    python benchmarks/generation_bench.py --preset tinygptv-phi2 --memory-only   # real size, bytes only (CPU)
 
 One image and a --prompt-tokens text prompt at batch 1 (and --batch), greedy, --new-tokens tokens
 with no end symbol so every run decodes the same count, through the KV-cache loop the `chat` command
@@ -9,6 +10,10 @@ uses (model/generation.py). Per precision it prints: prefill ms (the prompt and 
 ms per new token, tokens/s, the language model's stored bytes (model/inference.py module_bytes),
 the whole model's, and on CUDA the peak allocated memory; ratios are against fp32 in the same run.
 Weights are random (no download); LoRA is merged before bf16/8-bit/4-bit, as `chat` does.
+`--towers` is what the vision tower, Q-Former and projection become (fp32, bf16, or lm: the LM's
+precision, quantised Linears for 8/4-bit), as `chat --towers` does. `--memory-only` builds,
+converts and weighs each precision without generating: what a machine without the accelerator can
+say about a real-size model's footprint (stored bytes, not a CUDA peak).
 """
 
 from __future__ import annotations
@@ -24,18 +29,44 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.inference import PRECISIONS, module_bytes, set_precision  # noqa: E402
+from model.inference import PRECISIONS, TOWER_PRECISIONS, module_bytes, set_precision  # noqa: E402
 from model.lora import DEFAULT_LORA  # noqa: E402
 from model.presets import get_preset  # noqa: E402
 from model.vlm import VisionLanguageModel  # noqa: E402
 
 
-def build(preset_name: str, device: torch.device) -> VisionLanguageModel:
+def build(preset_name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> VisionLanguageModel:
+    """Random weights in `dtype` (bf16 halves what a real-size build needs in host memory)."""
     preset = get_preset(preset_name)
     vocab = int(preset.lm_kwargs.get("vocab_size") or 1024)
     torch.manual_seed(0)
-    with torch.device(device):
-        return VisionLanguageModel(preset, vocab, image_token_id=vocab - 1, pad_token_id=0, lora=DEFAULT_LORA)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return VisionLanguageModel(
+                preset, vocab, image_token_id=vocab - 1, pad_token_id=0, lora=DEFAULT_LORA
+            )
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def weigh(args, precision: str, device: torch.device) -> dict:
+    """--memory-only: stored bytes after set_precision, no generation."""
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    model = set_precision(build(args.preset, device, dtype), precision, towers=args.towers)
+    parts = {
+        part: module_bytes(getattr(model, part))
+        for part in ("vision", "qformer", "projection", "language_model")
+    }
+    result = {
+        "precision": precision,
+        "towers": args.towers,
+        "by_part": parts,
+        "model_bytes": module_bytes(model),
+    }
+    del model
+    return result
 
 
 def sync(device: torch.device) -> None:
@@ -56,7 +87,7 @@ def measure(args, precision: str, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    model = set_precision(build(args.preset, device), precision)
+    model = set_precision(build(args.preset, device), precision, towers=args.towers)
     preset = model.preset
     vocab = model.vocab_size
     rows = {}
@@ -81,6 +112,7 @@ def measure(args, precision: str, device: torch.device) -> dict:
         }
     result = {
         "precision": precision,
+        "towers": args.towers,
         "by_batch": rows,
         "lm_bytes": module_bytes(model.language_model),
         "model_bytes": module_bytes(model),
@@ -100,10 +132,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8, help="a second batch size besides 1")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--towers", default="fp32", choices=TOWER_PRECISIONS)
+    ap.add_argument("--memory-only", action="store_true", help="weigh each precision, do not generate")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    results = [measure(args, p.strip(), device) for p in args.precisions.split(",") if p.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if args.memory_only:
+        results = [weigh(args, p, device) for p in precisions]
+        if args.json:
+            print(json.dumps(results, indent=2))
+            return 0
+        print(f"stored bytes: preset {args.preset}, towers {args.towers} (random weights, no generation)")
+        print(
+            f"{'precision':<10}"
+            + "".join(f"{k + ' MB':>20}" for k in results[0]["by_part"])
+            + f"{'model MB':>12}"
+        )
+        for r in results:
+            cells = "".join(f"{v / 2**20:>20.1f}" for v in r["by_part"].values())
+            print(f"{r['precision']:<10}{cells}{r['model_bytes'] / 2**20:>12.1f}")
+        return 0
+    results = [measure(args, p, device) for p in precisions]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -113,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"CPU ({torch.get_num_threads()} threads)"
     )
     print(
-        f"generation: preset {args.preset} on {name}; prompt {args.prompt_tokens} tokens + 1 image, {args.new_tokens} new tokens"
+        f"generation: preset {args.preset} on {name}; prompt {args.prompt_tokens} tokens + 1 image, "
+        f"{args.new_tokens} new tokens; towers {args.towers}"
     )
     base = results[0]
     header = f"{'precision':<10}{'batch':>6}{'prefill ms':>12}{'ms/token':>10}{'tok/s':>10}{'LM MB':>10}{'model MB':>10}"

@@ -65,13 +65,18 @@ class Asker:
         )
 
 
-def load_asker(path: str | Path, pipeline_spec: str | Path | None, precision: str = "fp32") -> Asker:
-    """A model ready to answer, from a stage checkpoint or a merged export."""
+def load_asker(
+    path: str | Path, pipeline_spec: str | Path | None, precision: str = "fp32", towers: str = "fp32"
+) -> Asker:
+    """A model ready to answer, from a stage checkpoint or a merged export; the LM in `precision`,
+    the towers in `towers` (model/inference.py set_precision)."""
 
-    from model.inference import PRECISIONS, set_precision
+    from model.inference import PRECISIONS, TOWER_PRECISIONS, set_precision
 
     if precision not in PRECISIONS:
         raise AskError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if towers not in TOWER_PRECISIONS:
+        raise AskError(f"--towers {towers!r}: choose one of {', '.join(TOWER_PRECISIONS)}")
     path = Path(path)
     if (path / EXPORT_MANIFEST).is_file():
         from model.export import ExportError, load_merged
@@ -100,7 +105,7 @@ def load_asker(path: str | Path, pipeline_spec: str | Path | None, precision: st
         choice = model_choice(spec)
         built, _ = build_model(choice, init_checkpoint=path, log=lambda _m: None)
         template, end_sym = config["template"], config["end_sym"]
-    set_precision(built.model, precision)
+    set_precision(built.model, precision, towers=towers)
     return Asker(built, template, end_sym, precision)
 
 

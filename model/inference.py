@@ -1,11 +1,14 @@
 """A trained model made ready to answer: LoRA folded into the weights it adapts, the language model in
 bf16, 8-bit or 4-bit (bitsandbytes), and what the result weighs.
 
-Only the language model changes precision (as in the paper's 8-bit figure): the vision tower,
-Q-Former and projection stay in float32, and `embed_inputs` casts the image embeddings to the
-LM's embedding dtype. Quantisation keeps `lm_head` and the embeddings in their precision
-(bitsandbytes' own recommendation for the output layer). bitsandbytes' CPU path serves the tiny model
-here; on a GPU the same calls run its CUDA kernels.
+By default only the language model changes precision (as in the paper's 8-bit figure): the vision
+tower, Q-Former and projection stay in float32, and `embed_inputs` casts the image embeddings to the
+LM's embedding dtype. `towers="bf16"` casts them to bf16, and `towers="lm"` gives them the LM's
+precision: bf16, or their Linear layers in 8/4-bit with the rest in bf16 (the real ViT-g holds a
+quarter of TinyGPT-V's weights, so a small serving footprint needs it quantised too). Quantisation
+keeps `lm_head` and the embeddings in their precision (bitsandbytes' own recommendation for the
+output layer). bitsandbytes' CPU path serves the tiny model here; on a GPU the same calls run its
+CUDA kernels.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "8bit", "4bit")
+# What the towers (vision, Q-Former or token merge, projection) become beside the LM's precision.
+TOWER_PRECISIONS = ("fp32", "bf16", "lm")
 # Linear layers that keep their precision when the LM is quantised (by attribute name).
 KEEP_FULL_PRECISION = ("lm_head",)
 
@@ -44,7 +49,7 @@ def _quantised_linear(linear: nn.Linear, precision: str) -> nn.Module:
 
     device = linear.weight.device
     weight = linear.weight.data.detach().to("cpu", torch.float32).clone()
-    bias = None if linear.bias is None else linear.bias.data.detach().to(torch.float32).clone()
+    bias = None if linear.bias is None else linear.bias.data.detach().clone()  # keeps its dtype
     if precision == "8bit":
         layer = bnb.nn.Linear8bitLt(
             linear.in_features,
@@ -68,28 +73,44 @@ def _quantised_linear(linear: nn.Linear, precision: str) -> nn.Module:
     return layer.to(device)  # bitsandbytes quantises on the move to a device
 
 
-def set_precision(model: nn.Module, precision: str) -> nn.Module:
+def _quantise_linears(module: nn.Module, precision: str, keep: tuple[str, ...] = ()) -> None:
+    """Every nn.Linear under `module` (but those whose attribute name is in `keep`) -> 8/4-bit."""
+    for name, child_module in list(module.named_modules()):
+        if not isinstance(child_module, nn.Linear) or name.rpartition(".")[2] in keep:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, _quantised_linear(child_module, precision))
+
+
+def set_precision(model: nn.Module, precision: str, towers: str = "fp32") -> nn.Module:
     """The language model in `precision` (fp32, bf16, 8bit, 4bit), in place; returns `model`.
+    `towers` (fp32, bf16, lm) is what the vision tower, Q-Former and projection become: kept in
+    float32, cast to bf16, or given the LM's precision (quantised Linears, bf16 elsewhere).
 
     bf16, 8bit and 4bit fold LoRA in first (a quantised base cannot take a float update, and a merged
     model is what one serves). The model is put in eval mode: this is for answering, not training.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if towers not in TOWER_PRECISIONS:
+        raise ValueError(f"towers {towers!r}: choose one of {', '.join(TOWER_PRECISIONS)}")
     model.eval()
-    if precision == "fp32":
+    if precision == "fp32" and towers != "bf16":
         return model
     merge_lora(model)
+    parts = [model.vision, model.qformer, model.projection]
+    if towers == "bf16" or (towers == "lm" and precision != "fp32"):
+        for part in parts:
+            part.to(torch.bfloat16)
+        if towers == "lm" and precision in ("8bit", "4bit"):
+            for part in parts:
+                _quantise_linears(part, precision)
     lm = model.language_model
     if precision == "bf16":
         lm.to(torch.bfloat16)
-        return model
-    for name, module in list(lm.named_modules()):
-        if not isinstance(module, nn.Linear) or name.rpartition(".")[2] in KEEP_FULL_PRECISION:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = lm.get_submodule(parent_name) if parent_name else lm
-        setattr(parent, child, _quantised_linear(module, precision))
+    elif precision in ("8bit", "4bit"):
+        _quantise_linears(lm, precision, keep=KEEP_FULL_PRECISION)
     return model
 
 

@@ -62,6 +62,7 @@ class VisionTower(nn.Module):
         height, width = pixel_values.shape[-2:]
         # Interpolating only when needed keeps the 224 path bit-identical to BLIP-2.
         interpolate = (height, width) != (self.native_size, self.native_size)
-        out = self.vit(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)
+        dtype = self.vit.embeddings.patch_embedding.weight.dtype  # a tower served in bf16 takes bf16
+        out = self.vit(pixel_values=pixel_values.to(dtype), interpolate_pos_encoding=interpolate)
         # last_hidden_state already went through post_layernorm, which is BLIP-2's ln_vision.
         return out.last_hidden_state

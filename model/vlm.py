@@ -162,8 +162,9 @@ class VisionLanguageModel(nn.Module):
         """[N,3,H,W] pixels, or [N, Q, qformer_hidden] cached query features -> [N, Q, lm_hidden]."""
         if image_features is None:
             image_features = self.query_features(pixel_values)
-        weight = self.projection.proj_in.weight
-        return self.projection(image_features.to(weight.device, weight.dtype))
+        # the projection's compute dtype: its first float tensor (a quantised Linear stores int weights)
+        ref = next(t for t in self.projection.parameters() if t.is_floating_point())
+        return self.projection(image_features.to(ref.device, ref.dtype))
 
     def embed_inputs(
         self,

@@ -12,7 +12,7 @@ from typing import Any
 def _asker(args: argparse.Namespace):
     from flows.ask import load_asker
 
-    return load_asker(args.checkpoint, args.pipeline, args.precision)
+    return load_asker(args.checkpoint, args.pipeline, args.precision, getattr(args, "towers", "fp32"))
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,6 +118,13 @@ def _model_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
             default="fp32",
             choices=["fp32", "bf16", "8bit", "4bit"],
             help="the language model's precision (8bit/4bit: bitsandbytes; LoRA is merged first)",
+        )
+        p.add_argument(
+            "--towers",
+            default="fp32",
+            choices=["fp32", "bf16", "lm"],
+            help="the vision tower, Q-Former and projection: float32 (default), bf16, or lm: the "
+            "language model's precision (8bit/4bit quantise their Linear layers too)",
         )
 
 

@@ -164,10 +164,10 @@ def test_chat_generate_and_the_merged_export_give_the_same_greedy_answers(checkp
     assert sorted(p.relative_to(export) for p in export.rglob("*")) == before
 
 
-@pytest.mark.parametrize("precision", ["bf16", "8bit", "4bit"])
-def test_chat_answers_with_a_lower_precision_language_model(checkpoint, images, tmp_path, precision):
+@pytest.mark.parametrize(("precision", "towers"), [("bf16", "fp32"), ("8bit", "lm"), ("4bit", "lm")])
+def test_chat_answers_with_a_lower_precision_language_model(checkpoint, images, tmp_path, precision, towers):
     first = sorted(images.iterdir())[0]
-    answer = chat(checkpoint, first, "--precision", precision, home=tmp_path)
+    answer = chat(checkpoint, first, "--precision", precision, "--towers", towers, home=tmp_path)
     assert answer.strip()
 
 

@@ -84,9 +84,39 @@ def test_lower_precision_language_models_answer_close_to_fp32_and_weigh_less(
     assert len(tokens[0]) == 6
 
 
+@pytest.mark.parametrize(("precision", "towers", "min_cosine"), [("bf16", "bf16", 0.99), ("8bit", "lm", 0.9)])
+def test_towers_served_in_bf16_or_quantised_answer_close_to_fp32_and_weigh_less(
+    make_model, encode, images, precision, towers, min_cosine
+):
+    import bitsandbytes as bnb
+
+    reference = make_model(seed=4)
+    ids = torch.tensor([encode("{img} ###Human: what colour is it? ###Assistant:")])
+    pixels = images(2, seed=5)[:1]
+    expected = _logits(reference, ids, pixels)
+    parts = ("vision", "qformer", "projection")
+    full = {part: module_bytes(getattr(reference, part)) for part in parts}
+
+    model = set_precision(make_model(seed=4), precision, towers=towers)
+    got = _logits(model, ids, pixels)  # float32 pixels go in: the tower casts them
+    cosine = F.cosine_similarity(got.float().flatten(), expected.flatten(), dim=0).item()
+    assert cosine >= min_cosine, (precision, towers, cosine)
+    for part in parts:
+        module = getattr(model, part)
+        floats = {t.dtype for t in module.parameters() if t.is_floating_point()}
+        assert floats == {torch.bfloat16}, (part, floats)
+        assert module_bytes(module) < full[part] * 0.55, part
+    quantised = [m for m in model.vision.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert bool(quantised) == (towers == "lm")
+    tokens = model.generate(ids, None, pixels, max_new_tokens=4, eos_token_ids=[])
+    assert len(tokens[0]) == 4
+
+
 def test_an_unknown_precision_is_refused(make_model):
     with pytest.raises(ValueError, match="precision 'int3'"):
         set_precision(make_model(), "int3")
+    with pytest.raises(ValueError, match="towers 'fp8'"):
+        set_precision(make_model(), "bf16", towers="fp8")
 
 
 def _built(model, tokenizer) -> BuiltModel:
