@@ -248,15 +248,18 @@ def vqa_items(ann: dict, rng: random.Random) -> list[dict[str, str]]:
     items.append(
         {"question": f"where is the {_name(target)}?", "answer": target["position"], "qtype": "position"}
     )
-    present = {(s["colour"], s["shape"]) for s in shapes}
-    if rng.random() < 0.5:
-        colour, shape = rng.choice(sorted(present))
-        answer = "yes"
-    else:
-        colour, shape = rng.choice(sorted({(c, s) for c in COLOURS for s in SHAPES} - present))
-        answer = "no"
-    items.append({"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"})
+    items.append(yes_no_item(ann, rng.random() < 0.5, rng))
     return items
+
+
+def yes_no_item(ann: dict, present: bool, rng: random.Random) -> dict[str, str]:
+    """'is there a <colour> <shape>?' about a pair the scene holds (yes) or does not (no)."""
+    pairs = {(s["colour"], s["shape"]) for s in ann["shapes"]}
+    if not present:
+        pairs = {(c, s) for c in COLOURS for s in SHAPES} - pairs
+    colour, shape = rng.choice(sorted(pairs))
+    answer = "yes" if present else "no"
+    return {"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"}
 
 
 def _expression(item: dict, shapes: list[dict]) -> str:
@@ -338,6 +341,13 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
     if task in ("image_text", "caption"):
         return [ex([Turn(None, caption(ann))])]
     if task == "vqa":
+        # Training asks each scene's yes/no question both ways: the other answer's question is added,
+        # so within one image "yes" and "no" are equally right and only the image tells them apart
+        # (VQA v2's complementary pairs). Without it the tiny model never learnt yes/no: it answered
+        # one word for every question (benchmarks/experiments.md, e5). The benchmark keeps
+        # vqa_items' one question per type.
+        items = vqa_items(ann, rng)
+        items.append(yes_no_item(ann, items[-1]["answer"] == "no", rng))
         return [
             ex(
                 [Turn(i["question"], i["answer"])],
@@ -345,7 +355,7 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
                 choices=answer_choices(i["qtype"]),
                 answers=[i["answer"]],
             )
-            for i in vqa_items(ann, rng)
+            for i in items
         ]
     if task == "refer":
         return [ex([Turn(r["expression"], format_box(r["box"]))], box=r["box"]) for r in referring_items(ann)]

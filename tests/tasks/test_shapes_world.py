@@ -140,6 +140,14 @@ def test_task_examples_cover_every_image_task():
         assert all(e.image == SCENES[1].key for e in examples)
     vqa = sw.task_examples(record, "vqa", random.Random(0))
     assert all(e.meta["qtype"] in sw.QTYPES and e.turns[0].answer in e.meta["choices"] for e in vqa)
+    # one question per type, and the yes/no one asked both ways: one "yes", one "no", both true
+    assert sorted(e.meta["qtype"] for e in vqa) == sorted([*sw.QTYPES, "yes/no"])
+    pairs = {(s["colour"], s["shape"]) for s in ann["shapes"]}
+    yes_no = {e.turns[0].answer: e.turns[0].query for e in vqa if e.meta["qtype"] == "yes/no"}
+    assert set(yes_no) == {"yes", "no"}
+    for answer, question in yes_no.items():
+        colour, shape = question.removeprefix("is there a ").removesuffix("?").split()
+        assert ((colour, shape) in pairs) == (answer == "yes"), question
     refer = sw.task_examples(record, "refer", random.Random(0))
     assert all(parse_boxes(e.turns[0].answer) == [e.meta["box"]] for e in refer)
     identify = sw.task_examples(record, "identify", random.Random(0))
