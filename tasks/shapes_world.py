@@ -341,13 +341,6 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
     if task in ("image_text", "caption"):
         return [ex([Turn(None, caption(ann))])]
     if task == "vqa":
-        # Training asks each scene's yes/no question both ways: the other answer's question is added,
-        # so within one image "yes" and "no" are equally right and only the image tells them apart
-        # (VQA v2's complementary pairs). Without it the tiny model never learnt yes/no: it answered
-        # one word for every question (benchmarks/experiments.md, e5). The benchmark keeps
-        # vqa_items' one question per type.
-        items = vqa_items(ann, rng)
-        items.append(yes_no_item(ann, items[-1]["answer"] == "no", rng))
         return [
             ex(
                 [Turn(i["question"], i["answer"])],
@@ -355,7 +348,7 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
                 choices=answer_choices(i["qtype"]),
                 answers=[i["answer"]],
             )
-            for i in items
+            for i in vqa_items(ann, rng)
         ]
     if task == "refer":
         return [ex([Turn(r["expression"], format_box(r["box"]))], box=r["box"]) for r in referring_items(ann)]
