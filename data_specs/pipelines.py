@@ -315,13 +315,6 @@ def _check_stage_fits_model(stage: StageSpec, path: Path, model: ModelSpec) -> N
             "trainable",
             f"trains {other!r} but the pipeline's model.adapter is {model.adapter!r} (train {model.adapter!r})",
         )
-    if preset.visual_tokens == "merge" and "qformer" in stage.trainable:  # (lr_scale follows trainable)
-        raise SpecError(
-            path,
-            "trainable",
-            f"names 'qformer', but preset {preset.name} has no Q-Former (its image tokens are merged ViT "
-            "tokens); drop it",
-        )
     positions = int(preset.lm_kwargs.get("max_position_embeddings", stage.max_len))
     if stage.max_len > positions:
         raise SpecError(

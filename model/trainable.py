@@ -90,7 +90,11 @@ def set_trainable(
     counts = parameter_counts(model)
     # a group the model's ablations removed (e.g. qk_norm) is skipped: the stage trains the rest
     ablated = {g for g in getattr(model, "ablated", ()) if counts.get(g, (0, 0))[0] == 0}
-    chosen -= ablated
+    # a token merge (visual_tokens: merge) has no Q-Former weights: a stage that trains the towers
+    # names `qformer` for either kind of preset, and on a merge preset that part is simply empty
+    merged = getattr(getattr(model, "preset", None), "visual_tokens", "qformer") == "merge"
+    weightless = {"qformer"} if merged and counts["qformer"][0] == 0 else set()
+    chosen -= ablated | weightless
     empty = sorted(group for group in chosen if counts[group][0] == 0)
     if empty:
         # e.g. a stage that trains `lora` on a model built with lora=None would silently train nothing.
@@ -104,6 +108,9 @@ def set_trainable(
             total = counts[group][0]
             if group in ablated:
                 log(f"[Ablated] {group:<{width}}  removed from the model")
+                continue
+            if group in weightless:
+                log(f"[No weights] {group:<{width}}  the preset merges ViT tokens instead")
                 continue
             if total == 0:
                 continue  # e.g. no LoRA injected: nothing to report

@@ -85,3 +85,21 @@ def test_the_real_size_merge_preset_builds_on_the_meta_device(tokenizer):
     with torch.device("meta"):
         out = model.encode_images(torch.empty(1, 3, 448, 448))
     assert out.shape == (1, 256, 2560)
+
+
+def test_a_stage_naming_the_qformer_trains_the_rest_on_a_merge_preset(tokenizer):
+    """The towers' stage files name `qformer` for both kinds of preset; a merge has no weights there."""
+    torch.manual_seed(0)
+    model = VisionLanguageModel.from_preset("tiny-merge", tokenizer, lora=None)
+    lines: list[str] = []
+    counts = set_trainable(model, ["vision", "qformer", "projection"], log=lines.append)
+    assert counts["qformer"] == 0 and counts["vision"] > 0 and counts["projection"] > 0
+    assert any(line.startswith("[No weights] qformer") for line in lines)
+    assert all(
+        p.requires_grad == n.startswith(("vision.", "projection.")) for n, p in model.named_parameters()
+    )
+    # on the Q-Former preset the same list trains the Q-Former; naming an empty group is still refused
+    tiny = VisionLanguageModel.from_preset("tiny", tokenizer, lora=None)
+    assert set_trainable(tiny, ["vision", "qformer", "projection"], log=None)["qformer"] > 0
+    with pytest.raises(ValueError, match=r"\['lora'\] have no parameters"):
+        set_trainable(model, ["lora"], log=None)
