@@ -253,7 +253,7 @@ BAD_PIPELINES = {
         "evaluation.split: source shapes_world has no split 'test'; its splits: train, heldout",
     ),
     "preset typo": (
-        lambda s: s.replace("preset: tiny", "preset: tinny"),
+        lambda s: s.replace("preset: tiny-merge", "preset: tinny"),
         "model.preset: unknown model preset 'tinny' (did you mean 'tiny'?); known model presets: tiny, tiny-merge, "
         "tinygptv-phi1_5, tinygptv-phi2, tinygptv-phi2-merge",
     ),
