@@ -88,8 +88,9 @@ def set_precision(model: nn.Module, precision: str, towers: str = "fp32") -> nn.
     `towers` (fp32, bf16, lm) is what the vision tower, Q-Former and projection become: kept in
     float32, cast to bf16, or given the LM's precision (quantised Linears, bf16 elsewhere).
 
-    bf16, 8bit and 4bit fold LoRA in first (a quantised base cannot take a float update, and a merged
-    model is what one serves). The model is put in eval mode: this is for answering, not training.
+    Anything but float32 throughout folds LoRA in first (a quantised base cannot take a float update,
+    and a merged model is what one serves). The model is put in eval mode: this is for answering, not
+    training.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
