@@ -306,9 +306,9 @@ def test_spec_validate_loads_neither_prefect_nor_torch():
 
 def test_a_stage_that_does_not_fit_the_preset_is_caught_at_pipeline_load(tmp_path):
     cases = {
-        "max_len: 192\nimage_size: 60\n": "image_size: 60 is not a multiple of preset tiny's patch size 8",
-        "max_len: 12\n": "max_len: 12 leaves no room for text after the 8 image tokens of preset tiny",
-        "max_len: 4096\n": "max_len: 4096 is more than preset tiny's LM has positions (512)",
+        "max_len: 192\nimage_size: 60\n": "image_size: 60 is not a multiple of preset tiny-merge's patch size 8",
+        "max_len: 20\n": "max_len: 20 leaves no room for text after the 16 image tokens of preset tiny-merge",
+        "max_len: 4096\n": "max_len: 4096 is more than preset tiny-merge's LM has positions (512)",
     }
     for line, expected in cases.items():
         stage = write(tmp_path, "s.yaml", STAGE4.read_text().replace("max_len: 192\n", line))
