@@ -87,7 +87,7 @@ def test_mlflow_holds_parent_nested_runs_metrics_and_registered_model(pipeline_r
     assert {"vqa_accuracy", "vqa_chance", "refer_accuracy", "refer_chance", "caption_bleu4"} <= set(
         evaluate.data.metrics
     )
-    assert parent.data.params["model.preset"] == "tiny"
+    assert parent.data.params["model.preset"] == "tiny-merge"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"resolved_config.json", "specs", "plots", "registry"} <= artifacts
     versions = client.search_model_versions("name='mini-model'")
