@@ -68,7 +68,6 @@ class MMAdapters(nn.Module):
 
     def __init__(self, hidden: int, num_layers: int, settings: MMAdapterSettings):
         super().__init__()
-        self.settings = settings
         self.layers = nn.ModuleList([ModalityAdapter(hidden, settings) for _ in range(num_layers)])
         self.modality_embedding = nn.Embedding(2, hidden)
         nn.init.normal_(self.modality_embedding.weight, std=0.02)
@@ -114,7 +113,6 @@ class VisionMMAdapters(nn.Module):
 
     def __init__(self, hidden: int, num_layers: int, settings: MMAdapterSettings):
         super().__init__()
-        self.settings = settings
         self.layers = nn.ModuleList([ModalityAdapter(hidden, settings) for _ in range(num_layers)])
 
     def route(self, normed: torch.Tensor, index: int) -> torch.Tensor:
