@@ -78,6 +78,53 @@ def inject_lora(lm: PhiForCausalLM, settings: LoraSettings) -> None:
         param.requires_grad_(True)
 
 
+def lora_layers(lm: nn.Module) -> list[nn.Module]:
+    """The LM's LoRA-wrapped layers (peft's LoraLayer), in module order."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in lm.modules() if isinstance(m, LoraLayer)]
+
+
+def switch_off_idle_lora(lm: nn.Module) -> bool:
+    """Switch LoRA off when it adds exactly nothing: every adapter frozen and every B matrix zero
+    (as injected, until a stage trains `lora`). The layers then skip the adapters' dropout and their
+    two matrix products, the same outputs for less work (about 1.3x faster shapes_base steps on the
+    tiny preset). Returns whether it did. The adapters stay in the model, their weights in its state
+    dict; `switch_on_lora` puts them back."""
+    layers = lora_layers(lm)
+    if not layers:
+        return False
+    adapters = [p for m in layers for p in (*m.lora_A.parameters(), *m.lora_B.parameters())]
+    if any(p.requires_grad for p in adapters):
+        return False
+    with torch.no_grad():
+        if any(bool(b.weight.any()) for m in layers for b in m.lora_B.values()):
+            return False
+        if any(
+            len(getattr(m, name, ()))
+            for m in layers
+            for name in ("lora_magnitude_vector", "lora_embedding_B")
+        ):
+            return False  # DoRA or embedding adapters: not the plain zero-B case
+    for m in layers:
+        m.enable_adapters(False)
+    return True
+
+
+def switch_on_lora(lm: nn.Module) -> None:
+    """Undo `switch_off_idle_lora`, keeping every parameter's requires_grad as it was (peft's own
+    switch marks the active adapters trainable)."""
+    flags = [(p, p.requires_grad) for p in lm.parameters()]
+    for m in lora_layers(lm):
+        m.enable_adapters(True)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
+def lora_switched_off(lm: nn.Module) -> bool:
+    return any(m.disable_adapters for m in lora_layers(lm))
+
+
 def remove_input_layernorms(lm: PhiForCausalLM) -> None:
     """The `input_layernorm` ablation: each decoder layer reads its input unnormalised (Identity)."""
     for layer in lm.model.layers:

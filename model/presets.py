@@ -140,6 +140,11 @@ class ModelPreset:
         return config
 
 
+# Phi's activation is the tanh approximation of GELU ("gelu_new" in phi-2's config). torch computes
+# the same function in one fused kernel (equal to 2.4e-7 in float32), 2.6x faster forward and
+# backward on the CPU than gelu_new's chain of elementwise operations.
+PHI_GELU = "gelu_pytorch_tanh"
+
 _TINY = ModelPreset(
     name="tiny",
     # 64 px with 8 px patches: the same 64 patches as 32 px / 4 px, but the shapes-world shapes are
@@ -179,6 +184,7 @@ _TINY = ModelPreset(
         intermediate_size=512,
         partial_rotary_factor=0.5,
         max_position_embeddings=512,
+        hidden_act=PHI_GELU,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attention_dropout=0.0,
@@ -225,7 +231,7 @@ _PHI2 = ModelPreset(
         partial_rotary_factor=0.4,
         max_position_embeddings=2048,
         layer_norm_eps=1e-5,
-        hidden_act="gelu_new",
+        hidden_act=PHI_GELU,
         resid_pdrop=0.1,
         embd_pdrop=0.0,
         attention_dropout=0.0,
@@ -248,7 +254,7 @@ _PHI15 = dataclasses.replace(
         partial_rotary_factor=0.5,
         max_position_embeddings=2048,
         layer_norm_eps=1e-5,
-        hidden_act="gelu_new",
+        hidden_act=PHI_GELU,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attention_dropout=0.0,

@@ -94,8 +94,11 @@ class StepFlops:
         upstream = {c: any(trains[u] for u in CHAIN[: CHAIN.index(c)]) for c in CHAIN}
         # a component also needs input gradients when one of its own earlier weights trains (LoRA in
         # layer 0 needs layer 31's input gradient): inside a component any trained weight counts
+        from model.language import lora_switched_off
+
+        lora_off = lora_switched_off(model.language_model)  # adapters that add nothing, skipped
         for name, p in model.named_parameters():
-            if _is_lookup(name, p):
+            if _is_lookup(name, p) or (lora_off and ".lora_" in name):
                 continue
             c = _component(name)
             mult = 6 if p.requires_grad else (4 if upstream[c] or trains[c] else 2)

@@ -171,6 +171,7 @@ def _train(
     device: torch.device,
 ) -> dict[str, Any]:
     from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from model.language import switch_off_idle_lora
     from model.trainable import set_trainable
 
     final_dir, resume_dir = output_dir / "checkpoint", output_dir / "resume"
@@ -210,6 +211,10 @@ def _train(
                 f"put the spec back to resume, or {start_over}"
             )
         state = info.training_state or {}
+    if switch_off_idle_lora(model.language_model):  # before placing: B is read whole, not sharded
+        say(
+            f"stage {stage.name}: LoRA is frozen and still zero (it adds nothing): switched off for this stage"
+        )
     recipe.prepare_model(model, stage, device, procs, keep_groups)
     sharded = any(recipe.is_sharded(p) for p in model.parameters())
     if sharded:
