@@ -83,7 +83,8 @@ class StepFlops:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> StepFlops:
-        """Count from `model`'s parameters (meta tensors work): what trains is read from requires_grad."""
+        """Count from `model`'s parameters (meta tensors work): what trains is read from requires_grad;
+        LoRA switched off for the stage (model/language.py switch_off_idle_lora) runs nothing."""
         preset = model.preset
         trains = {c: False for c in CHAIN}
         weights = {c: {2: 0, 4: 0, 6: 0} for c in CHAIN}

@@ -280,6 +280,21 @@ def test_flops_of_the_tiny_preset_when_everything_trains():
     assert f.projection_per_image == 6 * (q * 128 + 128 * d) * nq
 
 
+def test_flops_leave_out_lora_switched_off_for_a_stage():
+    from model.language import lora_layers
+
+    base = ["vision", "qformer", "projection", "language_model", "qk_norm", "post_attention_norm"]
+    model = meta_model("tiny", base)  # LoRA frozen: a stage would switch it off while B is zero
+    with_lora = StepFlops.of(model)
+    for layer in lora_layers(model.language_model):  # meta weights: switched the way the stage does
+        layer.enable_adapters(False)
+    without = StepFlops.of(model)
+    d, layers, r = 128, 4, 64
+    # frozen LoRA inside a training LM counts x4 (forward + input gradient); switched off, nothing
+    assert with_lora.lm_per_token - without.lm_per_token == 4 * layers * 4 * (r * d + d * r)
+    assert without.vision_per_image == with_lora.vision_per_image
+
+
 def test_mfu_needs_a_known_peak(monkeypatch):
     monkeypatch.delenv("VLMPIPE_PEAK_TFLOPS", raising=False)
     assert peak_flops(torch.device("cpu")) is None  # an unknown device: no MFU, not a wrong one

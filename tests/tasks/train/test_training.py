@@ -99,14 +99,17 @@ def test_contrastive_only_stage_trains_towers_and_projection_without_the_lm(tmp_
 
 
 def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
+    messages: list[str] = []
     base = train_stage(
         small("shapes_base", 30, lr=3e-3),
         MODEL,
         data_dirs=shapes_source,
         output_dir=tmp_path / "base",
-        log=quiet,
+        log=messages.append,
     )
     assert base["loss_end"] < base["loss_start"] * 0.7
+    # LoRA is frozen and zero in the base stage: it runs switched off (same outputs, less work)
+    assert any("LoRA is frozen and still zero" in m for m in messages)
     stage1 = load_stage_spec(SPECS / "stage1_warmup.yaml")
     stage1.schedule.steps, stage1.schedule.batch_size = 3, 2
     # stage 1 from a fresh model: its checkpoint holds its trainable groups and nothing else
@@ -129,6 +132,23 @@ def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path
     assert vision and all(torch.equal(weights[n], base_weights[n]) for n in vision)  # frozen, carried
     proj = [n for n in base_weights if n.startswith("projection.")]
     assert any(not torch.equal(weights[n], base_weights[n]) for n in proj)  # trained
+    # stage 2 trains LoRA: it stays switched on, and its B matrices leave zero
+    stage2 = load_stage_spec(SPECS / "stage2_pretrain.yaml")
+    stage2.schedule.steps, stage2.schedule.batch_size, stage2.schedule.warmup_steps = 2, 2, 0
+    messages.clear()
+    out2 = train_stage(
+        stage2,
+        MODEL,
+        data_dirs=shapes_source,
+        output_dir=tmp_path / "s2",
+        init_checkpoint=chained["checkpoint"],
+        log=messages.append,
+    )
+    assert not any("LoRA is frozen" in m for m in messages)
+    lora_b = [
+        w for n, w in load_file(Path(out2["checkpoint"]) / "weights.safetensors").items() if "lora_B" in n
+    ]
+    assert lora_b and any(bool(w.any()) for w in lora_b)
 
 
 def test_killed_stage_resumes_to_the_same_weights(tmp_path, shapes_source):
