@@ -9,7 +9,7 @@ The changes compute the same function (to float rounding):
   tanh GELU       Phi's tanh-approximated GELU through torch's fused kernel (gelu_pytorch_tanh)
                   instead of transformers' gelu_new, a chain of elementwise operations
   foreach AdamW   one kernel per optimizer operation over all weights instead of a loop over them
-                  (no measurable gain on the CPU at the tiny preset; kept, as torch's CUDA default)
+                  (on the CPU at the tiny preset its gain is within the machine's noise)
 Two step shapes, as the demo trains them: `base` (shapes_base: every group trains, LoRA frozen at
 zero; 8 rows x 128 tokens) and `stage4` (LoRA, projection and norms train; 8 rows x 192 tokens).
 Each case is timed over --steps steps after 3 warm-up steps, cases interleaved --repeats times;

@@ -293,9 +293,9 @@ def make_optimizer(model: torch.nn.Module, stage: StageSpec) -> torch.optim.Opti
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError(f"schedule.optimizer adamw_8bit needs bitsandbytes: {exc}") from None
         return bnb.optim.AdamW8bit(groups, lr=sched.lr, betas=sched.betas)
-    # foreach: one kernel per operation over all the weights (torch's default on CUDA). On the CPU it
-    # gains nothing measurable at the tiny preset (benchmarks/same_maths_bench.py), and the demo's
-    # published figures were trained with it, so it stays set everywhere.
+    # foreach: one kernel per operation over all the weights (torch's default on CUDA). On the CPU,
+    # at the tiny preset, its gain is within the machine's noise (benchmarks/same_maths_bench.py);
+    # the demo's published figures were trained with it, so it stays set everywhere.
     return torch.optim.AdamW(groups, lr=sched.lr, betas=sched.betas, foreach=True)
 
 
