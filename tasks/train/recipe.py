@@ -295,8 +295,10 @@ def make_optimizer(model: torch.nn.Module, stage: StageSpec) -> torch.optim.Opti
         return bnb.optim.AdamW8bit(groups, lr=sched.lr, betas=sched.betas)
     # foreach: one kernel per operation over all the weights (torch's default on CUDA). On the CPU,
     # at the tiny preset, its gain is within the machine's noise (benchmarks/same_maths_bench.py);
-    # the demo's published figures were trained with it, so it stays set everywhere.
-    return torch.optim.AdamW(groups, lr=sched.lr, betas=sched.betas, foreach=True)
+    # the demo's published figures were trained with it. A sharded model (FSDP2) mixes DTensor and
+    # plain weights, which one foreach call cannot take: torch chooses there.
+    sharded = any(is_sharded(p) for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=sched.lr, betas=sched.betas, foreach=None if sharded else True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
