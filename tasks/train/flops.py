@@ -85,6 +85,8 @@ class StepFlops:
     def of(cls, model: torch.nn.Module) -> StepFlops:
         """Count from `model`'s parameters (meta tensors work): what trains is read from requires_grad;
         LoRA switched off for the stage (model/language.py switch_off_idle_lora) runs nothing."""
+        from model.language import lora_switched_off
+
         preset = model.preset
         trains = {c: False for c in CHAIN}
         weights = {c: {2: 0, 4: 0, 6: 0} for c in CHAIN}
@@ -93,11 +95,9 @@ class StepFlops:
         for name, p in model.named_parameters():
             trains[_component(name)] |= p.requires_grad
         upstream = {c: any(trains[u] for u in CHAIN[: CHAIN.index(c)]) for c in CHAIN}
+        lora_off = lora_switched_off(model.language_model)  # adapters that add nothing, skipped
         # a component also needs input gradients when one of its own earlier weights trains (LoRA in
         # layer 0 needs layer 31's input gradient): inside a component any trained weight counts
-        from model.language import lora_switched_off
-
-        lora_off = lora_switched_off(model.language_model)  # adapters that add nothing, skipped
         for name, p in model.named_parameters():
             if _is_lookup(name, p) or (lora_off and ".lora_" in name):
                 continue
