@@ -1,9 +1,10 @@
 """Stop requests: SIGINT (Ctrl-C) and SIGTERM (a scheduler, `kill`) end a run cleanly.
 
-`install()` (the command line does it) routes both signals here. Outside a step they interrupt at
+`install()` (the command line does it) routes both signals here. Outside such a region they interrupt at
 once, as KeyboardInterrupt does (`Interrupted`, with the signal's number). Inside `deferred()` (a
-training step) the request waits for the step to end, so the stage saves a consistent resumable
-state first and then raises `Interrupted`. A second signal while one waits interrupts at once.
+training loop, which checks `requested()` at the end of every step) the request waits for the step
+in progress to end, so the stage saves a consistent resumable state first and then raises
+`Interrupted`. A second signal while one waits interrupts at once.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def handling() -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """A region a stop request may not cut in two (one optimizer step)."""
+    """A region a stop request may not cut: the code inside checks `requested()` where it can stop
+    cleanly (a training loop, after each optimizer step)."""
     _state["deferring"] += 1
     try:
         yield

@@ -320,62 +320,58 @@ def _train(
         data, lambda b: recipe.split_rows(b, procs.world, procs.rank), pin_memory=device.type == "cuda"
     )
     drawn = [0] * len(data.pools)  # samples per dataset, since this process (re)started the stage
-    with stopping.handling(), contextlib.ExitStack() as cleanup:  # SIGINT/SIGTERM: stop at a step, saved
+    # SIGINT/SIGTERM: the loop stops at the end of the step in progress, its state saved. The whole
+    # loop defers, not each step alone: a request landing between two steps (the moment a test or a
+    # scheduler reacts to a step's log line) would otherwise interrupt unsaved.
+    with stopping.handling(), stopping.deferred(), contextlib.ExitStack() as cleanup:
         cleanup.callback(loader.close)
         if bar is not None:
             cleanup.callback(bar.close)
         for step in range(start_step, end_step):
-            with stopping.deferred():  # a stop request waits for the step to end
-                lr = sched.lr_at(step)
-                recipe.set_lr(optimizer, lr)
-                t0 = time.perf_counter()
-                loaded = next(loader)
-                batch = loaded.batch
-                result = recipe.train_step(
-                    model,
-                    optimizer,
-                    stage,
-                    batch,
-                    images=loaded.images,
-                    features=data.uses_features,
-                    procs=procs,
-                    device=device,
-                    named=named,
-                    contrastive_fn=contrastive_fn,
-                    queue=queue,
-                    step=step + 1,
-                    timer=time.perf_counter,
-                )
-                guard.check(step + 1, result.grad_norm, result.group_norms)
-                losses.append(result.loss)
-                for i in batch.datasets:
-                    drawn[i] += 1
-                if bar is not None:
-                    bar.update(step + 1, result.loss, result.tokens / max(time.perf_counter() - t0, 1e-9))
-                meter.add(
-                    tokens=result.tokens,
-                    samples=result.samples,
-                    data_s=time.perf_counter() - t0 - result.compute_s,  # batch building and pixel loading
-                    compute_s=result.compute_s,
-                    flops=flops.step(
-                        rows=result.rows,
-                        seq_len=batch.input_ids.shape[1],
-                        images=result.images,
-                        lm=stage.autoregressive,
-                        towers=not data.uses_features,
-                    ),
-                )
-                if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
-                    _report(
-                        stage, step + 1, lr, result, batch, meter.report(), tracker, say, started, start_step
-                    )
-                if (
-                    stage.checkpoint_every
-                    and (step + 1) % stage.checkpoint_every == 0
-                    and step + 1 < sched.steps
-                ):
-                    save(resume_dir, step + 1)
-                stop = procs.any(stopping.requested() is not None, device)  # every rank stops at one step
+            lr = sched.lr_at(step)
+            recipe.set_lr(optimizer, lr)
+            t0 = time.perf_counter()
+            loaded = next(loader)
+            batch = loaded.batch
+            result = recipe.train_step(
+                model,
+                optimizer,
+                stage,
+                batch,
+                images=loaded.images,
+                features=data.uses_features,
+                procs=procs,
+                device=device,
+                named=named,
+                contrastive_fn=contrastive_fn,
+                queue=queue,
+                step=step + 1,
+                timer=time.perf_counter,
+            )
+            guard.check(step + 1, result.grad_norm, result.group_norms)
+            losses.append(result.loss)
+            for i in batch.datasets:
+                drawn[i] += 1
+            if bar is not None:
+                bar.update(step + 1, result.loss, result.tokens / max(time.perf_counter() - t0, 1e-9))
+            meter.add(
+                tokens=result.tokens,
+                samples=result.samples,
+                data_s=time.perf_counter() - t0 - result.compute_s,  # batch building and pixel loading
+                compute_s=result.compute_s,
+                flops=flops.step(
+                    rows=result.rows,
+                    seq_len=batch.input_ids.shape[1],
+                    images=result.images,
+                    lm=stage.autoregressive,
+                    towers=not data.uses_features,
+                ),
+            )
+            if (step + 1) % stage.log_every == 0 or step + 1 == end_step:
+                _report(stage, step + 1, lr, result, batch, meter.report(), tracker, say, started, start_step)
+            if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0 and step + 1 < sched.steps:
+                save(resume_dir, step + 1)
+            stop = procs.any(stopping.requested() is not None, device)  # every rank stops at one step
             if stop:
                 save(resume_dir, step + 1)
                 raise stopping.Interrupted(

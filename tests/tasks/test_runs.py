@@ -128,3 +128,37 @@ def test_a_signal_stops_a_stage_at_a_step_and_the_rerun_reaches_the_same_weights
     b = load_file(tmp_path / "part" / "checkpoint" / "weights.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_signal_sent_as_a_step_is_logged_stops_after_that_step_with_its_state_saved(tmp_path, monkeypatch):
+    """A scheduler or a person reacts to a step's log line: the signal lands at the end of that
+    step or between it and the next, and must still wait for a step boundary (a request that
+    interrupted between two steps used to end the stage unsaved, one CI run in several)."""
+    from data_specs.pipelines import ModelSpec
+    from data_specs.stages import load_stage_spec
+    from tasks import stopping
+    from tasks.data import records as data_records
+    from tasks.shapes_world import in_memory_records
+    from tasks.train.stage import train_stage
+
+    monkeypatch.setitem(data_records.MEMORY_SOURCES, ("mem_stop", "train"), in_memory_records(40, 0, seed=3))
+    monkeypatch.setitem(stopping._state, "requested", None)  # the process-wide request, reset after
+    stage = load_stage_spec(ROOT / "data_specs" / "stages" / "stage4_multitask.yaml")
+    stage.schedule.steps, stage.schedule.batch_size, stage.schedule.warmup_steps = 12, 2, 1
+    stage.log_every, stage.loader.workers = 1, 0
+
+    def log(message: str) -> None:
+        if "step 3/12" in message:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at once, mid-report
+
+    with pytest.raises(stopping.Interrupted, match=r"stopped after step 3; state saved in") as stopped:
+        train_stage(
+            stage,
+            ModelSpec(preset="tiny", seed=0),
+            data_dirs={"shapes_world": "mem_stop"},
+            output_dir=tmp_path / "out",
+            log=log,
+        )
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert (tmp_path / "out" / "resume" / "checkpoint.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is not stopping._handle  # the stage put back what it found
