@@ -37,6 +37,9 @@ TASK_TYPES: Mapping[str, TaskType] = MappingProxyType(
         "caption": TaskType("[caption]", "a short caption"),
         "detailed_description": TaskType("", "a long description (cc_sbu_align, LLaVA detail)"),
         "vqa": TaskType("[vqa]", "a short answer to a question about the image"),
+        "vqa_turns": TaskType(
+            "[vqa]", "several short answers about one image, a turn each (LLaVA-1.5's merged questions)"
+        ),
         "refer": TaskType("[refer]", "the box of the object an expression names"),
         "identify": TaskType("[identify]", "the expression of the object in a box"),
         "grounding": TaskType("[grounding]", "a caption with a box after every object"),

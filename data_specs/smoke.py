@@ -31,6 +31,7 @@ SHAPES_TASKS = (
     "image_text",
     "caption",
     "vqa",
+    "vqa_turns",
     "refer",
     "identify",
     "grounding",

@@ -262,6 +262,28 @@ def yes_no_item(ann: dict, present: bool, rng: random.Random) -> dict[str, str]:
     return {"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"}
 
 
+YES_NO_TURNS = 4
+
+
+def yes_no_turns(ann: dict, rng: random.Random, n: int = YES_NO_TURNS) -> list[dict[str, str]]:
+    """`n` presence checks about distinct colour-shape pairs of one scene, each 'yes' or 'no' with
+    equal probability and independently (so that no count of earlier answers gives the next one
+    away): asked as turns of one sample, the same picture answers both ways, and the answer cannot
+    come from the question's words alone."""
+    present = sorted({(s["colour"], s["shape"]) for s in ann["shapes"]})
+    absent = sorted({(c, s) for c in COLOURS for s in SHAPES} - set(present))
+    present, absent = rng.sample(present, len(present)), rng.sample(absent, len(absent))
+    items = []
+    for _ in range(n):
+        pool = present if (rng.random() < 0.5 and present) or not absent else absent
+        colour, shape = pool.pop()
+        answer = "yes" if pool is present else "no"
+        items.append({"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"})
+        if not present and not absent:
+            break
+    return items
+
+
 def _expression(item: dict, shapes: list[dict]) -> str:
     """The shortest unambiguous name of `item` among `shapes`."""
     if [s["shape"] for s in shapes].count(item["shape"]) == 1 and len(shapes) > 1:
@@ -350,6 +372,9 @@ def task_examples(record: dict, task: str, rng: random.Random) -> list[TaskExamp
             )
             for i in vqa_items(ann, rng)
         ]
+    if task == "vqa_turns":
+        items = yes_no_turns(ann, rng)
+        return [ex([Turn(i["question"], i["answer"]) for i in items], qtypes=[i["qtype"] for i in items])]
     if task == "refer":
         return [ex([Turn(r["expression"], format_box(r["box"]))], box=r["box"]) for r in referring_items(ann)]
     if task == "identify":

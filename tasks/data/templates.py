@@ -25,6 +25,7 @@ DEFAULT_INSTRUCTIONS: dict[str, list[str]] = {
         "Take a close look at the image and describe it.",
     ],
     "vqa": ["{}", "Based on the image, answer with a short answer: {}"],
+    "vqa_turns": ["{}", "Based on the image, answer with a short answer: {}"],
     "refer": ["{}", "where is {}?", "give me the location of {}"],
     "identify": ["{}", "what is in the region {}?"],
     "grounding": [

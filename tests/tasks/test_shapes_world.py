@@ -102,6 +102,29 @@ def test_vqa_answers_are_right_and_closed():
     assert abs(yes - no) < 0.25 * (yes + no)  # balanced: "yes" alone cannot pass
 
 
+def test_yes_no_turns_ask_distinct_pairs_true_of_the_scene_both_ways():
+    rng = random.Random(0)
+    answers = []
+    for scene in SCENES:
+        ann = sw.scene_annotations(scene)
+        pairs = {(s["colour"], s["shape"]) for s in ann["shapes"]}
+        items = sw.yes_no_turns(ann, rng)
+        assert len(items) == sw.YES_NO_TURNS
+        asked = [re.match(r"is there a (\w+) (\w+)\?$", i["question"]).groups() for i in items]
+        assert len(set(asked)) == len(asked)  # never the same pair twice in one sample
+        for pair, item in zip(asked, items, strict=True):
+            assert item["qtype"] == "yes/no" and (item["answer"] == "yes") == (pair in pairs), item
+        answers.append([i["answer"] for i in items])
+    flat = [a for turns in answers for a in turns]
+    assert 0.35 < flat.count("yes") / len(flat) < 0.6  # near even (a one-shape scene runs out of yes)
+    assert sum(len(set(turns)) == 2 for turns in answers) > len(answers) / 2  # one picture, both answers
+    # the answers do not follow a fixed order
+    assert len({tuple(turns) for turns in answers}) > 6
+    record = {"key": SCENES[0].key, "annotations": sw.scene_annotations(SCENES[0])}
+    (example,) = sw.task_examples(record, "vqa_turns", random.Random(0))
+    assert len(example.turns) == sw.YES_NO_TURNS and example.meta["qtypes"] == ["yes/no"] * sw.YES_NO_TURNS
+
+
 def test_referring_expressions_are_unambiguous():
     for scene in SCENES:
         ann = sw.scene_annotations(scene)

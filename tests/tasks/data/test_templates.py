@@ -29,6 +29,24 @@ def test_vqa_gets_its_identifier_and_the_human_assistant_frame():
     assert segs[1].text == "blue###" and segs[1].is_answer
 
 
+def test_merged_questions_put_the_vqa_identifier_on_every_turn_as_a_single_question_has_it():
+    turns = [Turn("is there a red circle?", "yes"), Turn("is there a blue square?", "no")]
+    segs = render(
+        TaskExample("vqa_turns", turns, image="k"), "human_assistant", end_sym="###", instructions=["{}"]
+    )
+    assert [s.text for s in segs] == [
+        "###Human: <Img><ImageHere></Img> [vqa] is there a red circle? ###Assistant: ",
+        "yes###",
+        "Human: [vqa] is there a blue square? ###Assistant: ",
+        "no###",
+    ]
+    assert [s.is_answer for s in segs] == [False, True, False, True]
+    single = render(
+        TaskExample("vqa", turns[:1], image="k"), "human_assistant", end_sym="###", instructions=["{}"]
+    )
+    assert [s.text for s in single] == [s.text for s in segs[:2]]  # the first turn is a plain question
+
+
 def test_generation_prompt_is_the_training_prompt_without_the_answer():
     ex = TaskExample("refer", [Turn("the red circle", format_box((10, 20, 30, 40)))], image="k")
     train = render(ex, "human_assistant", end_sym="###", rng=random.Random(7))
