@@ -269,19 +269,10 @@ def yes_no_turns(ann: dict, rng: random.Random, n: int = YES_NO_TURNS) -> list[d
     """`n` presence checks about distinct colour-shape pairs of one scene, each 'yes' or 'no' with
     equal probability and independently (so that no count of earlier answers gives the next one
     away): asked as turns of one sample, the same picture answers both ways, and the answer cannot
-    come from the question's words alone. A 'no' asks first about near misses, pairs whose colour
-    or outline the scene does hold (a red square beside a red circle): most absent pairs have a
-    colour the scene lacks, and checks on those teach colour alone, which pulls the towers away
-    from outline (shape answers fell to chance, benchmarks/experiments.md e12-e13)."""
+    come from the question's words alone."""
     present = sorted({(s["colour"], s["shape"]) for s in ann["shapes"]})
     absent = sorted({(c, s) for c in COLOURS for s in SHAPES} - set(present))
-    near = [p for p in absent if any(p[0] == q[0] or p[1] == q[1] for q in present)]
-    far = [p for p in absent if p not in near]
-    # popped from the end: every near miss before any far one
-    present, absent = (
-        rng.sample(present, len(present)),
-        rng.sample(far, len(far)) + rng.sample(near, len(near)),
-    )
+    present, absent = rng.sample(present, len(present)), rng.sample(absent, len(absent))
     items = []
     for _ in range(n):
         pool = present if (rng.random() < 0.5 and present) or not absent else absent

@@ -114,8 +114,6 @@ def test_yes_no_turns_ask_distinct_pairs_true_of_the_scene_both_ways():
         assert len(set(asked)) == len(asked)  # never the same pair twice in one sample
         for pair, item in zip(asked, items, strict=True):
             assert item["qtype"] == "yes/no" and (item["answer"] == "yes") == (pair in pairs), item
-            if item["answer"] == "no":  # a near miss: the colour or the outline is in the scene
-                assert any(pair[0] == c or pair[1] == s for c, s in pairs), (pair, pairs)
         answers.append([i["answer"] for i in items])
     flat = [a for turns in answers for a in turns]
     assert 0.35 < flat.count("yes") / len(flat) < 0.6  # near even (a one-shape scene runs out of yes)
