@@ -44,6 +44,7 @@ def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
 
     def weights_after_one_step(name: str, **schedule) -> dict[str, torch.Tensor]:
         stage = small("shapes_base", 1, warmup_steps=0, lr=1e-3, **schedule)
+        stage.trainable = [*stage.trainable, "vision"]  # the shipped base keeps the tower frozen
         out = train_stage(stage, MODEL, data_dirs=shapes_source, output_dir=tmp_path / name, log=quiet)
         return load_file(Path(out["checkpoint"]) / "weights.safetensors")
 
@@ -55,7 +56,7 @@ def test_lr_scale_multiplies_a_groups_learning_rate(tmp_path, shapes_source):
             0
         ].model.named_parameters()
     }
-    plain = weights_after_one_step("plain", lr_scale={})  # the shipped base scales the towers
+    plain = weights_after_one_step("plain", lr_scale={})
     scaled = weights_after_one_step("scaled", lr_scale={"vision": 0.01})
     moved = {
         run: {n: float((w[n] - start[n]).abs().sum()) for n in w}
@@ -100,8 +101,12 @@ def test_contrastive_only_stage_trains_towers_and_projection_without_the_lm(tmp_
 
 def test_base_stage_learns_and_stage1_checkpoint_holds_only_what_trains(tmp_path, shapes_source):
     messages: list[str] = []
+    base_stage = small("shapes_base", 30, lr=3e-3)
+    # from a random model, the tower trains too (in the demo it comes frozen from shapes_towers),
+    # so that the base checkpoint holds a tower for stage 1 to carry on frozen
+    base_stage.trainable = [*base_stage.trainable, "vision"]
     base = train_stage(
-        small("shapes_base", 30, lr=3e-3),
+        base_stage,
         MODEL,
         data_dirs=shapes_source,
         output_dir=tmp_path / "base",
