@@ -81,9 +81,9 @@ def chat(path, image, *extra, home, prompt="what colour is the shape at the top?
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == "", proc.stderr  # nothing but the answer
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1
-    return lines[0]
+    assert proc.stdout.endswith("\n") and proc.stdout.strip(), proc.stdout
+    # the answer as generated: an untrained model (the fixture's) may well write several lines
+    return proc.stdout[:-1]
 
 
 def test_chat_generate_and_the_merged_export_give_the_same_greedy_answers(checkpoint, images, tmp_path):
