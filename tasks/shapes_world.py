@@ -258,8 +258,15 @@ def yes_no_item(ann: dict, present: bool, rng: random.Random) -> dict[str, str]:
     if not present:
         pairs = {(c, s) for c in COLOURS for s in SHAPES} - pairs
     colour, shape = rng.choice(sorted(pairs))
-    answer = "yes" if present else "no"
-    return {"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"}
+    return _presence_check(colour, shape, present)
+
+
+def _presence_check(colour: str, shape: str, present: bool) -> dict[str, str]:
+    return {
+        "question": f"is there a {colour} {shape}?",
+        "answer": "yes" if present else "no",
+        "qtype": "yes/no",
+    }
 
 
 YES_NO_TURNS = 4
@@ -277,8 +284,7 @@ def yes_no_turns(ann: dict, rng: random.Random, n: int = YES_NO_TURNS) -> list[d
     for _ in range(n):
         pool = present if (rng.random() < 0.5 and present) or not absent else absent
         colour, shape = pool.pop()
-        answer = "yes" if pool is present else "no"
-        items.append({"question": f"is there a {colour} {shape}?", "answer": answer, "qtype": "yes/no"})
+        items.append(_presence_check(colour, shape, pool is present))
         if not present and not absent:
             break
     return items

@@ -17,6 +17,7 @@ IMAGE_PLACEHOLDER = "<ImageHere>"
 IMAGE_BLOCK = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
 
 # Instruction pools without identifiers; `{}` takes the turn's query.
+_SHORT_ANSWER = ["{}", "Based on the image, answer with a short answer: {}"]
 DEFAULT_INSTRUCTIONS: dict[str, list[str]] = {
     "image_text": [""],
     "caption": ["Briefly describe this image.", "A short caption for this image:", "Summarise the image."],
@@ -24,8 +25,8 @@ DEFAULT_INSTRUCTIONS: dict[str, list[str]] = {
         "Describe this image in detail.",
         "Take a close look at the image and describe it.",
     ],
-    "vqa": ["{}", "Based on the image, answer with a short answer: {}"],
-    "vqa_turns": ["{}", "Based on the image, answer with a short answer: {}"],
+    "vqa": _SHORT_ANSWER,
+    "vqa_turns": _SHORT_ANSWER,  # merged questions are asked as single ones are
     "refer": ["{}", "where is {}?", "give me the location of {}"],
     "identify": ["{}", "what is in the region {}?"],
     "grounding": [
